@@ -1,0 +1,16 @@
+"""tfbert: fine-tune BERT-family encoders for text classification with TensorFlow."""
+
+import os
+
+# TFBertModel is a tf-keras (Keras 2) model: make `tf.keras` mean tf-keras too.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# transformers 4.57 warns on every TF class that TF support ends in v5; tfbert pins <5.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from tfbert.env import IncompatibleEnvironment, check_environment  # noqa: E402
+
+try:
+    check_environment()
+except IncompatibleEnvironment as error:
+    raise SystemExit(f"tfbert: {error}") from None
