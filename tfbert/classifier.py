@@ -13,6 +13,8 @@ def build_classifier(backbone: tf_keras.Model, head: ClassificationHead) -> tf_k
     inputs = {
         name: tf_keras.Input(shape=(None,), dtype=tf.int32, name=name) for name in INPUT_NAMES
     }
+    # A head that never reads pooler_output would leave the pooler without gradients.
+    backbone.bert.pooler.trainable = "pooler_output" in head.reads
     encoded = backbone(**inputs)
     features = {
         "last_hidden_state": encoded.last_hidden_state,  # (batch, seq, hidden)

@@ -25,6 +25,10 @@ class ClassificationHead(tf_keras.layers.Layer):
         initializer_range: stddev of the truncated-normal output-layer init (BERT's 0.02).
     """
 
+    # The encoder outputs `pool` reads besides attention_mask; the classifier leaves the
+    # pretrained pooler untrained when a head does not read pooler_output.
+    reads = ("last_hidden_state",)
+
     def __init__(self, num_outputs: int, dropout: float = 0.1, initializer_range: float = 0.02, **kwargs):
         super().__init__(**kwargs)
         self.num_outputs = num_outputs
@@ -59,6 +63,8 @@ class ClassificationHead(tf_keras.layers.Layer):
 @tf_keras.saving.register_keras_serializable(package=PACKAGE)
 class PoolerHead(ClassificationHead):
     """BERT's pooler_output: the [CLS] vector through the pretrained dense + tanh."""
+
+    reads = ("pooler_output",)
 
     def pool(self, features):
         return features["pooler_output"]
