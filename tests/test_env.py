@@ -1,0 +1,39 @@
+import pytest
+
+from tfbert.env import IncompatibleEnvironment, check_environment, installed_versions
+
+GOOD = {
+    "tensorflow": "2.21.0",
+    "tf-keras": "2.21.0",
+    "keras": "3.15.1",
+    "tensorflow-text": "2.21.1",
+    "transformers": "4.57.6",
+}
+
+
+def test_installed_stack_passes():
+    check_environment(installed_versions())
+
+
+def test_good_versions_pass():
+    check_environment(GOOD)
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        pytest.param({"transformers": "5.0.0"}, "pip install 'transformers>=4.57,<5'", id="transformers_5"),
+        pytest.param({"transformers": None}, "pip install 'transformers>=4.57,<5'", id="no_transformers"),
+        pytest.param({"tf-keras": None}, "Keras 3.15.1 without tf-keras", id="keras3_only"),
+        pytest.param({"tf-keras": "2.20.0"}, "pip install 'tf-keras==2.21.*'", id="tf_keras_mismatch"),
+        pytest.param({"tensorflow-text": "2.20.0"}, "pip install 'tensorflow-text==2.21.*'", id="tf_text_mismatch"),
+        pytest.param({"tensorflow-text": None}, "no tensorflow-text", id="no_tf_text"),
+        pytest.param({"tensorflow": None}, "TensorFlow is not installed", id="no_tensorflow"),
+    ],
+)
+def test_bad_stack_is_one_clear_sentence(changes, expected):
+    with pytest.raises(IncompatibleEnvironment) as error:
+        check_environment({**GOOD, **changes})
+    message = str(error.value)
+    assert expected in message
+    assert message.count("\n") == 0 and message.endswith(".")
