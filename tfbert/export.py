@@ -1,27 +1,66 @@
-"""SavedModel export for TensorFlow Serving."""
+"""SavedModel export for TensorFlow Serving: raw text in, labels and probabilities out.
 
+Layout (what TF Serving's --model_base_path expects):
+
+    <export_dir>/<name>/<version>/saved_model.pb, variables/, model_card.md
+
+Each version is written to a hidden temporary sibling and renamed into place, so a
+server never sees half an export; an existing version is never overwritten. Serving
+the export needs tensorflow and tensorflow_text only (`import tensorflow_text` before
+`tf.saved_model.load`, to register the tokenizer ops).
+
+Re-export a finished run (its config.yaml and checkpoints/best):
+
+    python -m tfbert.export run_dir=outputs/... [export.name=sentiment] [export.version=2]
+"""
+
+import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import tensorflow as tf
 import tf_keras
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
-from tfbert.classifier import INPUT_NAMES
+from tfbert.classifier import INPUT_NAMES, build_classifier
+from tfbert.model_card import ModelCard
+from tfbert.preprocessing import TEXT_COLUMNS, InGraphTokenizer, load_tokenizer
+from tfbert.tasks import TaskData
+
+EXPORT_KEYS = ("export_dir", "name", "version")
 
 
 class ServingModule(tf.Module):
-    """What the SavedModel serves: token ids in; logits, probabilities and labels out.
+    """What the SavedModel serves; both signatures return the same outputs.
+
+    `serving_default`: string `text` (batch,) [and `text_pair` (batch,)], tokenized in the graph.
+    `serve_ids`: int32 `input_ids`, `attention_mask`, `token_type_ids` (batch, seq).
+    Outputs: `logits` and `probabilities` float32 (batch, classes), `label_id` int32
+    (batch,), `label` string (batch,).
 
     Args:
         model: the classifier (dict of int32 token tensors -> logits).
+        tokenizer: the in-graph twin of the tokenizer the model was trained with.
         label_names: class names in label-id order.
+        text_columns: the string inputs of `serving_default`: ("text",) or ("text", "text_pair").
     """
 
-    def __init__(self, model: tf_keras.Model, label_names):
+    def __init__(self, model: tf_keras.Model, tokenizer: InGraphTokenizer, label_names, text_columns=("text",)):
         super().__init__()
+        if tuple(text_columns) not in (TEXT_COLUMNS[:1], TEXT_COLUMNS):
+            raise ValueError(f"text_columns must be ('text',) or ('text', 'text_pair'), got {text_columns!r}")
         self.model = model
+        self.tokenizer = tokenizer
         self.label_names = tf.constant(list(label_names))
+        self.text_columns = tuple(text_columns)
+        self.serve_text = tf.function(
+            self._serve_text,
+            input_signature=[tf.TensorSpec([None], tf.string, name=name) for name in self.text_columns],
+        )
 
     def _outputs(self, features: dict) -> dict:
         logits = tf.cast(self.model(features, training=False), tf.float32)  # (batch, classes)
@@ -33,6 +72,9 @@ class ServingModule(tf.Module):
             "label": tf.gather(self.label_names, label_id),
         }
 
+    def _serve_text(self, *texts):
+        return self._outputs(self.tokenizer(*texts))
+
     @tf.function(
         input_signature=[tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES]
     )
@@ -41,23 +83,127 @@ class ServingModule(tf.Module):
             {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         )
 
+    def signatures(self) -> dict:
+        return {"serving_default": self.serve_text, "serve_ids": self.serve_ids}
 
-def export_saved_model(model: tf_keras.Model, label_names, directory: Path) -> Path:
-    """Write the SavedModel to `directory` atomically: a temporary sibling, then a rename."""
-    directory = Path(directory)
-    if directory.exists():
-        raise FileExistsError(f"{directory} already exists; refusing to overwrite an export")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    module = ServingModule(model, label_names)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+
+class Exporter:
+    """Writes a ServingModule in TF Serving's layout, `<export_dir>/<name>/<version>/`.
+
+    Args:
+        export_dir: root of the layout; None: `<run_dir>/export`.
+        name: the model name TF Serving serves it under; None: the task name.
+        version: a positive integer; None: one above the highest version present
+            (1 for the first export). An existing version is an error, never overwritten.
+    """
+
+    def __init__(self, export_dir: str | None = None, name: str | None = None, version: int | None = None):
+        if name is not None and (not name or "/" in name or name.startswith(".")):
+            raise ValueError(f"export name must be a plain directory name, got {name!r}")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+            raise ValueError(f"export version must be a positive integer (TF Serving's layout), got {version!r}")
+        self.export_dir = export_dir
+        self.name = name
+        self.version = version
+
+    def version_dir(self, run_dir: Path, task_name: str) -> Path:
+        """`<export_dir>/<name>/<version>`, which must not exist yet."""
+        model_dir = Path(self.export_dir or Path(run_dir) / "export") / (self.name or task_name)
+        versions = [int(path.name) for path in model_dir.glob("*") if path.name.isdigit()]
+        version = self.version if self.version is not None else max(versions, default=0) + 1
+        directory = model_dir / str(version)
+        if directory.exists():
+            raise FileExistsError(
+                f"{directory} already exists; refusing to overwrite version {version} of "
+                f"{model_dir.name!r}. Pass another export.version, or leave it unset for the next free one."
+            )
+        return directory
+
+    def __call__(self, module: ServingModule, card: ModelCard, run_dir: Path) -> Path:
+        """Save `module` with `card` as model_card.md beside it; returns the version directory."""
+        directory = self.version_dir(run_dir, card.task)
+        model_dir = directory.parent
+        model_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=model_dir))
+        try:
+            tf.saved_model.save(module, str(staging), signatures=module.signatures())
+            (staging / "model_card.md").write_text(card.render(tf.saved_model.load(str(staging)), model_dir.name))
+            staging.rename(directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return directory
+
+
+def export_classifier(
+    model: tf_keras.Model,
+    task: TaskData,
+    backbone_name: str,
+    run_dir: Path,
+    exporter: Exporter | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    """Export a trained classifier of `task`, tokenizing as backbone `backbone_name` does.
+
+    Returns the version directory, e.g. `<run_dir>/export/sentiment/1`.
+    """
+    tokenizer = InGraphTokenizer.from_tokenizer(load_tokenizer(backbone_name), task.max_length)
+    text_columns = [name for name in TEXT_COLUMNS if name in task.splits["train"].column_names]
+    module = ServingModule(model, tokenizer, task.label_names, text_columns)
+    card = ModelCard.describe(model, task, backbone_name, metrics)
+    return (exporter or Exporter())(module, card, run_dir)
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The composed config of a finished run: `config.yaml`, else Hydra's `.hydra/config.yaml`."""
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        if path.is_file():
+            cfg = OmegaConf.load(path)
+            cfg.run_dir = str(run_dir)
+            return cfg
+    raise FileNotFoundError(f"{run_dir} holds no config.yaml or .hydra/config.yaml: is it a tfbert run dir?")
+
+
+def export_run(run_dir: str | Path, **export_args) -> Path:
+    """Rebuild a finished run's classifier from its config and best checkpoint, then export it.
+
+    `export_args` override the run's `export` config (export_dir, name, version).
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    checkpoint = run_dir / "checkpoints" / "best"
+    if not checkpoint.with_name("best.index").is_file():
+        raise FileNotFoundError(f"{run_dir} has no trained weights at {checkpoint} (.index/.data files)")
+    task = instantiate(cfg.task)
+    export_cfg = OmegaConf.merge({"_target_": f"{__name__}.Exporter"}, cfg.get("export") or {}, export_args)
+    exporter = instantiate(export_cfg)
+    exporter.version_dir(run_dir, task.name)  # a taken version fails now, not after loading the model
+    # The architecture comes from the config; every weight comes from the checkpoint.
+    backbone = instantiate(cfg.model, random_init=True)
+    model = build_classifier(backbone, instantiate(cfg.head)(num_outputs=len(task.label_names)))
+    model.load_weights(str(checkpoint)).assert_existing_objects_matched().expect_partial()
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    return export_classifier(model, task, cfg.model.name_or_path, run_dir, exporter, metrics)
+
+
+def main(argv: list[str]) -> None:
+    """`run_dir=<run> [export.export_dir=...] [export.name=...] [export.version=...]`."""
+    usage = "usage: python -m tfbert.export run_dir=<run dir> [export.name=NAME] [export.version=N] [export.export_dir=DIR]"
     try:
-        tf.saved_model.save(
-            module,
-            str(staging),
-            signatures={"serving_default": module.serve_ids, "serve_ids": module.serve_ids},
-        )
-        staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return directory
+        arguments = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+    except Exception as error:
+        raise SystemExit(f"{usage}\ncannot parse {argv}: {error}") from None
+    export_args = arguments.pop("export", None) or {}
+    unknown = sorted(arguments.keys() - {"run_dir"}) + sorted(f"export.{key}" for key in export_args.keys() - set(EXPORT_KEYS))
+    if unknown or "run_dir" not in arguments:
+        problem = f"unknown keys {unknown}" if unknown else "run_dir is required"
+        raise SystemExit(f"{usage}\n{problem}; valid: run_dir, {', '.join('export.' + key for key in EXPORT_KEYS)}")
+    try:
+        print(export_run(arguments["run_dir"], **export_args))
+    except (FileExistsError, FileNotFoundError, ValueError, InstantiationException) as error:
+        raise SystemExit(f"tfbert.export: {error}") from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import tf_keras
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tfbert.classifier import build_classifier
 from tfbert.evaluation import evaluate
-from tfbert.export import export_saved_model
+from tfbert.export import export_classifier
 from tfbert.pipeline import batch_stats
 from tfbert.preprocessing import Preprocessor, load_tokenizer
 from tfbert.tasks import TaskData
@@ -22,6 +22,8 @@ def run(cfg: DictConfig) -> dict:
     """Train, evaluate and export as `cfg` says; returns the metrics written to metrics.json."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # What `python -m tfbert.export run_dir=...` rebuilds the model from.
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     tf_keras.utils.set_random_seed(cfg.seed)
 
     task: TaskData = instantiate(cfg.task)
@@ -52,8 +54,8 @@ def run(cfg: DictConfig) -> dict:
     write_json(run_dir / "metrics.json", metrics)
     test = metrics["test"]
     log.info("test accuracy %.4f, macro F1 %.4f", test["accuracy"], test["f1_macro"])
-    export_saved_model(model, task.label_names, run_dir / "export")
-    log.info("metrics: %s; SavedModel: %s", run_dir / "metrics.json", run_dir / "export")
+    export = export_classifier(model, task, cfg.model.name_or_path, run_dir, instantiate(cfg.export), metrics)
+    log.info("metrics: %s; SavedModel: %s", run_dir / "metrics.json", export)
     return metrics
 
 
