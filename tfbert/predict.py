@@ -1,0 +1,144 @@
+"""Classify texts with an exported SavedModel; needs only tensorflow and tensorflow_text.
+
+    python -m tfbert.predict <export> "a gripping film" "dull and long"
+    python -m tfbert.predict <export> --input reviews.csv --output predictions.jsonl
+
+<export> is a version directory (`.../sentiment/1`) or the directory holding the
+versions (`.../sentiment`: the highest is used). Inputs:
+    .txt    one text per line (blank lines are empty texts, so lines and outputs align)
+    .csv    a header row with a `text` column (and `text_pair` for pair models)
+    .jsonl  one object per line with a `text` key (and `text_pair`)
+Prints `label<TAB>probability<TAB>text` per text; --output also writes one JSON object
+per line: text, label, label_id, probability (of that label) and all probabilities.
+Any string gets a prediction: empty or whitespace-only texts are classified from
+[CLS] [SEP] alone, bytes that are not UTF-8 are dropped, long texts are truncated.
+"""
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the in-graph tokenizer's ops)
+
+INPUT_SUFFIXES = (".txt", ".csv", ".jsonl")
+
+
+class InvalidInput(ValueError):
+    """An input file or export directory that cannot be read; the message says why."""
+
+
+def find_saved_model(path: Path) -> Path:
+    """`path` if it holds saved_model.pb, else its highest-numbered version subdirectory."""
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = sorted(
+        (int(child.name), child) for child in path.glob("*") if child.name.isdigit() and (child / "saved_model.pb").is_file()
+    )
+    if not versions:
+        raise InvalidInput(f"{path} holds no saved_model.pb, nor version subdirectories (1/, 2/, ...) with one")
+    return versions[-1][1]
+
+
+def load_serving(path: Path):
+    """The `serving_default` signature of the export at `path`: string columns -> outputs."""
+    return tf.saved_model.load(str(find_saved_model(path))).signatures["serving_default"]
+
+
+def text_columns(serving) -> list[str]:
+    """The string inputs the model takes: ["text"] or ["text", "text_pair"]."""
+    return sorted(serving.structured_input_signature[1])
+
+
+def read_inputs(path: Path, columns: list[str]) -> dict[str, list[bytes]]:
+    """Texts of `columns` from a .txt, .csv or .jsonl file, as UTF-8 bytes."""
+    if path.suffix not in INPUT_SUFFIXES:
+        raise InvalidInput(f"--input {path}: unknown file type {path.suffix!r}; valid: {', '.join(INPUT_SUFFIXES)}")
+    content = path.read_bytes()
+    if path.suffix == ".txt":
+        if columns != ["text"]:
+            raise InvalidInput(f"--input {path}: this model reads {columns}; give a .csv or .jsonl with those columns")
+        return {"text": content.splitlines()}
+    text = content.decode("utf-8", errors="replace")
+    if path.suffix == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        found = rows[0].keys() if rows else []
+        missing = [column for column in columns if column not in found]
+        if rows and missing:
+            raise InvalidInput(f"--input {path}: no column {missing} in the header; found {list(found)}")
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InvalidInput(f"--input {path}, line {number}: not JSON ({error})") from None
+            if not isinstance(row, dict) or not all(isinstance(row.get(column), str) for column in columns):
+                raise InvalidInput(f"--input {path}, line {number}: expected an object with string keys {columns}, got {line[:80]!r}")
+            rows.append(row)
+    return {column: [(row[column] or "").encode("utf-8") for row in rows] for column in columns}
+
+
+def predict(serving, inputs: dict[str, list[bytes]], batch_size: int = 32) -> list[dict]:
+    """One prediction per row of `inputs` (column -> texts), `batch_size` rows per model call."""
+    rows = len(next(iter(inputs.values())))
+    if rows == 0:
+        raise InvalidInput("no texts to classify: give texts as arguments or an --input file with at least one")
+    predictions = []
+    for start in range(0, rows, batch_size):
+        batch = {column: tf.constant(texts[start : start + batch_size], tf.string) for column, texts in inputs.items()}
+        outputs = {name: value.numpy() for name, value in serving(**batch).items()}
+        for row, label_id in enumerate(outputs["label_id"]):
+            probabilities = outputs["probabilities"][row]
+            predictions.append({
+                "text": inputs["text"][start + row].decode("utf-8", errors="replace"),
+                "label": outputs["label"][row].decode("utf-8"),
+                "label_id": int(label_id),
+                "probability": float(probabilities[label_id]),
+                "probabilities": probabilities.tolist(),
+            })
+    return predictions
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tfbert.predict", description="Classify texts with an exported tfbert SavedModel."
+    )
+    parser.add_argument("export", type=Path, help="an export version dir, or the dir holding the versions")
+    parser.add_argument("texts", nargs="*", help="texts to classify")
+    parser.add_argument("--input", type=Path, help=f"a file of texts ({', '.join(INPUT_SUFFIXES)})")
+    parser.add_argument("--output", type=Path, help="also write the predictions here, one JSON object per line")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per model call (default: 32)")
+    arguments = parser.parse_args(argv)
+    if arguments.batch_size < 1:
+        parser.error(f"--batch-size must be positive, got {arguments.batch_size}")
+    if arguments.texts and arguments.input:
+        parser.error("give texts as arguments or --input, not both")
+    try:
+        serving = load_serving(arguments.export)
+        columns = text_columns(serving)
+        if arguments.input:
+            inputs = read_inputs(arguments.input, columns)
+        elif columns == ["text"]:
+            # fsencode gives back the exact bytes of the command line, even if they are not UTF-8.
+            inputs = {"text": [os.fsencode(text) for text in arguments.texts]}
+        else:
+            raise InvalidInput(f"this model reads {columns}: give them in an --input .csv or .jsonl file")
+        predictions = predict(serving, inputs, arguments.batch_size)
+    except (InvalidInput, OSError) as error:
+        parser.error(str(error))
+    for prediction in predictions:
+        print(f"{prediction['label']}\t{prediction['probability']:.4f}\t{prediction['text'][:80]!r}")
+    if arguments.output:
+        lines = [json.dumps(prediction, ensure_ascii=False) + "\n" for prediction in predictions]
+        arguments.output.write_text("".join(lines), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
