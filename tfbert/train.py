@@ -44,7 +44,15 @@ def run(cfg: DictConfig) -> dict:
     model = build_classifier(backbone, head)
     trainer = instantiate(cfg.trainer)
     optimizer = instantiate(cfg.optimizer)(num_train_steps=trainer.epochs * stats["batches"])
-    trainer.fit(model, optimizer, train_data, validation_data, run_dir)
+    trainer.fit(
+        model,
+        optimizer,
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        train_data=train_data,
+        validation_data=validation_data,
+        run_dir=run_dir,
+    )
 
     metrics = {
         "validation": evaluate(model, validation_data, task.label_names),

@@ -40,21 +40,29 @@ class Trainer:
         self,
         model: tf_keras.Model,
         optimizer: tf_keras.optimizers.Optimizer,
+        loss: tf_keras.losses.Loss,
+        metrics: list,
         train_data: tf.data.Dataset,
         validation_data: tf.data.Dataset,
         run_dir: Path,
+        callbacks: list = (),
     ) -> tf_keras.callbacks.History:
-        """Train; afterwards `model` holds the weights of the best validation epoch."""
+        """Train; afterwards `model` holds the weights of the best validation epoch.
+
+        `loss` and `metrics` fit the task's problem type; `callbacks` run after the
+        trainer's own (TensorBoard, best checkpoint).
+        """
         model.compile(
             optimizer=optimizer,
-            loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            loss=loss,
+            metrics=metrics,
             jit_compile=self.jit_compile,
             steps_per_execution=self.steps_per_execution,
         )
         best = Path(run_dir) / "checkpoints" / "best"
         mode = "min" if self.monitor.endswith("loss") else "max"
         callbacks = [
+            *callbacks,
             tf_keras.callbacks.TensorBoard(
                 log_dir=str(Path(run_dir) / "tensorboard"), update_freq=self.tensorboard_update_freq
             ),
