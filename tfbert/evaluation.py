@@ -1,22 +1,37 @@
-"""Metrics of a trained classifier on one split."""
+"""Metrics of a trained model on one split, for each problem type."""
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_recall_fscore_support,
+)
 
 
 def predict(model: tf_keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (n,), logits (n, classes)) over one pass of a batched dataset."""
-    labels, logits = [], []
+    """(labels, model outputs (n, outputs)) over one pass of a batched dataset."""
+    labels, outputs = [], []
     for features, label in dataset:
         labels.append(label.numpy())
-        logits.append(model(features, training=False).numpy())
-    return np.concatenate(labels), np.concatenate(logits)
+        outputs.append(model(features, training=False).numpy())
+    return np.concatenate(labels), np.concatenate(outputs)
+
+
+def _per_class(precision, recall, f1, support, label_names) -> dict:
+    return {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+               "support": int(support[i])}
+        for i, name in enumerate(label_names)
+    }
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray, label_names) -> dict:
-    """Accuracy, macro precision/recall/F1, per-class scores and the confusion matrix."""
+    """Single-label: accuracy, macro precision/recall/F1, per-class scores, confusion matrix."""
     predicted = logits.argmax(axis=-1)
     classes = list(range(len(label_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -27,21 +42,55 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray, label_names) 
         "f1_macro": float(f1.mean()),
         "precision_macro": float(precision.mean()),
         "recall_macro": float(recall.mean()),
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(label_names)
-        },
+        "per_class": _per_class(precision, recall, f1, support, label_names),
         # rows: true label, columns: predicted label, both in label_names order
         "confusion_matrix": confusion_matrix(labels, predicted, labels=classes).tolist(),
         "examples": int(len(labels)),
     }
 
 
-def evaluate(model: tf_keras.Model, dataset: tf.data.Dataset, label_names) -> dict:
-    """classification_metrics of `model` on `dataset`."""
-    return classification_metrics(*predict(model, dataset), label_names)
+def multi_label_metrics(labels: np.ndarray, logits: np.ndarray, label_names, threshold: float) -> dict:
+    """Multi-label: micro/macro F1, subset accuracy, per-class scores at `threshold`."""
+    predicted = (1 / (1 + np.exp(-logits)) >= threshold).astype(int)
+    truth = labels.astype(int)
+    micro = precision_recall_fscore_support(truth, predicted, average="micro", zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, zero_division=0)
+    return {
+        "subset_accuracy": float(accuracy_score(truth, predicted)),
+        "f1_micro": float(micro[2]),
+        "f1_macro": float(f1.mean()),
+        "precision_micro": float(micro[0]),
+        "recall_micro": float(micro[1]),
+        "per_class": _per_class(precision, recall, f1, support, label_names),
+        "threshold": threshold,
+        "examples": int(len(labels)),
+    }
+
+
+def regression_metrics(targets: np.ndarray, outputs: np.ndarray) -> dict:
+    """Regression: MSE, MAE, Pearson and Spearman correlation."""
+    predicted = outputs.reshape(-1)
+    constant = np.ptp(predicted) == 0 or np.ptp(targets) == 0  # correlation undefined
+    return {
+        "mse": float(mean_squared_error(targets, predicted)),
+        "mae": float(mean_absolute_error(targets, predicted)),
+        "pearson": None if constant else float(pearsonr(targets, predicted)[0]),
+        "spearman": None if constant else float(spearmanr(targets, predicted)[0]),
+        "examples": int(len(targets)),
+    }
+
+
+def evaluate(
+    model: tf_keras.Model,
+    dataset: tf.data.Dataset,
+    label_names,
+    problem_type: str = "single_label",
+    threshold: float = 0.5,
+) -> dict:
+    """The metrics of `model` on `dataset` that fit `problem_type`."""
+    labels, outputs = predict(model, dataset)
+    if problem_type == "multi_label":
+        return multi_label_metrics(labels, outputs, label_names, threshold)
+    if problem_type == "regression":
+        return regression_metrics(labels, outputs)
+    return classification_metrics(labels, outputs, label_names)

@@ -29,7 +29,10 @@ class Pipeline:
         self.seed = seed
 
     def __call__(self, split: datasets.Dataset, training: bool = False) -> tf.data.Dataset:
-        """(features dict of int32 (batch, seq), int32 labels (batch,)) batches.
+        """(features dict of int32 (batch, seq), labels) batches.
+
+        Labels are int32 class ids (batch,), or float32 targets (batch,) / multi-hot
+        vectors (batch, classes).
 
         `training` shuffles every epoch; evaluation keeps a fixed order.
         """
@@ -40,7 +43,8 @@ class Pipeline:
             )
             for name in ("input_ids", "token_type_ids")
         }
-        labels = np.asarray(split["label"], dtype=np.int32)
+        labels = np.asarray(split["label"])  # (n,) class ids, (n,) floats or (n, classes) multi-hot
+        labels = labels.astype(np.int32 if labels.dtype.kind in "iu" else np.float32)
         dataset = tf.data.Dataset.from_tensor_slices((columns, labels))
         if training:
             dataset = dataset.shuffle(len(split), seed=self.seed, reshuffle_each_iteration=True)

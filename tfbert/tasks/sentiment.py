@@ -45,8 +45,9 @@ def load_sentiment(
     test_size: float = 0.1,
     max_train_samples: int | None = None,
     max_length: int = 128,
+    problem_type: str = "single_label",
 ) -> TaskData:
-    """Binary sentiment of movie-review sentences, split 80/10/10 with a fixed seed.
+    """Sentiment of movie-review sentences, split 80/10/10 with a fixed seed.
 
     Args:
         data_file: a local `movieReviewSnippets_GroundTruth.txt` or
@@ -57,28 +58,33 @@ def load_sentiment(
         validation_size, test_size: fractions of the corpus held out.
         max_train_samples: keep only this many training examples (quick runs).
         max_length: longest token sequence; longer sentences are truncated.
+        problem_type: `single_label` (negative/positive: the sign of the mean valence,
+            zeros dropped) or `regression` (the mean valence itself, all sentences).
     """
     path = Path(data_file) if data_file else cached_snippets(cache_dir)
     texts, valences = read_snippets(path)
-    kept = [(text, valence) for text, valence in zip(texts, valences) if valence != 0]
+    if problem_type == "regression":
+        label_names, label_feature = ("valence",), datasets.Value("float32")
+        kept = list(zip(texts, valences))
+        labels = [valence for _, valence in kept]
+    else:
+        label_names, label_feature = LABEL_NAMES, datasets.ClassLabel(names=list(LABEL_NAMES))
+        kept = [(text, valence) for text, valence in zip(texts, valences) if valence != 0]
+        labels = [int(valence > 0) for _, valence in kept]
     table = datasets.Dataset.from_dict(
-        {
-            "text": [text for text, _ in kept],
-            "valence": [valence for _, valence in kept],
-            "label": [int(valence > 0) for _, valence in kept],
-        },
+        {"text": [text for text, _ in kept], "valence": [valence for _, valence in kept], "label": labels},
         features=datasets.Features(
-            text=datasets.Value("string"),
-            valence=datasets.Value("float32"),
-            label=datasets.ClassLabel(names=list(LABEL_NAMES)),
+            text=datasets.Value("string"), valence=datasets.Value("float32"), label=label_feature
         ),
     )
     splits = split_train_validation_test(table, validation_size, test_size, split_seed)
     return TaskData(
-        name="sentiment",
+        name="sentiment" if problem_type == "single_label" else "sentiment_valence",
         splits=limit_train_samples(splits, max_train_samples),
-        label_names=LABEL_NAMES,
+        label_names=label_names,
         max_length=max_length,
+        problem_type=problem_type,
+        provenance={"corpus": str(path), "split": f"80/10/10, split_seed {split_seed}"},
     )
 
 

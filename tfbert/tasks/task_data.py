@@ -1,35 +1,50 @@
-"""What every task hands to training: splits with `text` and `label`, and label names."""
+"""What every task hands to training: splits with `text` [, `text_pair`] and `label`."""
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import datasets
+import numpy as np
 
 SPLITS = ("train", "validation", "test")
+PROBLEM_TYPES = ("single_label", "multi_label", "regression")
 
 
 class InvalidTaskData(ValueError):
-    """A task's data cannot be trained on; the message says which split and why."""
+    """A task's data cannot be trained on; the message says where and why."""
 
 
 @dataclass(frozen=True)
 class TaskData:
-    """Splits of one task.
+    """Splits of one task and what their labels mean.
 
     Args:
         name: short task name, used in run directories and model cards.
-        splits: `train`, `validation` and `test`, each with a `text` column and an
-            integer `label` column indexing `label_names`.
-        label_names: class names, in label-id order.
+        splits: `train`, `validation` and `test`, each with a `text` column (and
+            `text_pair` for sentence pairs) and a `label` column: a class id for
+            single_label, a multi-hot float vector for multi_label, a float for regression.
+        label_names: class names in label-id order; for regression, the target's name.
         max_length: longest token sequence fed to the encoder; longer texts are cut.
+        problem_type: `single_label`, `multi_label` or `regression`.
+        threshold: multi_label decision threshold on each class probability.
+        class_weight: None, `balanced`, or one weight per class (single_label only).
+        provenance: how each split was obtained (file, hub split, carved from train).
     """
 
     name: str
     splits: datasets.DatasetDict
     label_names: tuple[str, ...]
     max_length: int = 128
+    problem_type: str = "single_label"
+    threshold: float = 0.5
+    class_weight: str | list | None = None
+    provenance: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.problem_type not in PROBLEM_TYPES:
+            raise InvalidTaskData(
+                f"task {self.name!r}: problem_type {self.problem_type!r} is not one of {list(PROBLEM_TYPES)}"
+            )
         missing = [split for split in SPLITS if split not in self.splits]
         if missing:
             raise InvalidTaskData(
@@ -37,32 +52,88 @@ class TaskData:
                 f"(found: {', '.join(self.splits) or 'none'})"
             )
         for split in SPLITS:
-            counts = Counter(self.splits[split]["label"])
-            if not counts:
+            if len(self.splits[split]) == 0:
                 raise InvalidTaskData(f"task {self.name!r}: the {split} split is empty")
-            if len(counts) < 2:
-                (only,) = counts
-                raise InvalidTaskData(
-                    f"task {self.name!r}: the {split} split has a single class "
-                    f"({self.label_names[only]!r}, {counts[only]} examples); "
-                    f"a classifier needs at least two of {list(self.label_names)}"
-                )
+        if self.problem_type == "single_label":
+            for split in SPLITS:
+                counts = Counter(self.splits[split]["label"])
+                if len(counts) < 2:
+                    (only,) = counts
+                    raise InvalidTaskData(
+                        f"task {self.name!r}: the {split} split has a single class "
+                        f"({self.label_names[only]!r}, {counts[only]} examples); "
+                        f"a classifier needs at least two of {list(self.label_names)}"
+                    )
         if self.max_length < 3:
             raise InvalidTaskData(f"max_length must be at least 3 ([CLS] x [SEP]), got {self.max_length}")
+        if not 0 < self.threshold < 1:
+            raise InvalidTaskData(f"threshold must be between 0 and 1, got {self.threshold}")
+        self.class_weights()  # validates class_weight early
+
+    @property
+    def num_outputs(self) -> int:
+        """Logits the classifier needs: one per class, or one regression target."""
+        return len(self.label_names)
+
+    @property
+    def has_pairs(self) -> bool:
+        return "text_pair" in self.splits["train"].column_names
+
+    def class_weights(self) -> dict[int, float] | None:
+        """Keras `class_weight` for fit: None, or a weight per class id."""
+        if self.class_weight is None:
+            return None
+        if self.problem_type != "single_label":
+            raise InvalidTaskData(
+                f"task {self.name!r}: class_weight applies to single_label tasks, not {self.problem_type}"
+            )
+        if self.class_weight == "balanced":
+            counts = np.bincount(self.splits["train"]["label"], minlength=self.num_outputs)
+            weights = len(self.splits["train"]) / (self.num_outputs * np.maximum(counts, 1))
+            return {index: float(weight) for index, weight in enumerate(weights)}
+        weights = list(self.class_weight)
+        if len(weights) != self.num_outputs or min(weights) <= 0:
+            raise InvalidTaskData(
+                f"task {self.name!r}: class_weight must be `balanced` or {self.num_outputs} positive "
+                f"weights, one per class of {list(self.label_names)}; got {self.class_weight!r}"
+            )
+        return {index: float(weight) for index, weight in enumerate(weights)}
+
+    def summary(self) -> dict:
+        """What a run records about its data (task.json)."""
+        return {
+            "name": self.name,
+            "problem_type": self.problem_type,
+            "label_names": list(self.label_names),
+            "max_length": self.max_length,
+            "threshold": self.threshold if self.problem_type == "multi_label" else None,
+            "class_weights": self.class_weights(),
+            "sizes": {split: len(self.splits[split]) for split in SPLITS},
+            "provenance": self.provenance,
+        }
 
 
 def split_train_validation_test(
     dataset: datasets.Dataset, validation_size: float, test_size: float, seed: int
 ) -> datasets.DatasetDict:
-    """A seeded, label-stratified train/validation/test split of one dataset."""
+    """A seeded train/validation/test split of one dataset, stratified for class labels."""
     held_out = validation_size + test_size
-    first = dataset.train_test_split(test_size=held_out, seed=seed, stratify_by_column="label")
-    second = first["test"].train_test_split(
-        test_size=test_size / held_out, seed=seed, stratify_by_column="label"
-    )
-    return datasets.DatasetDict(
-        train=first["train"], validation=second["train"], test=second["test"]
-    )
+    first = _split(dataset, held_out, seed)
+    second = _split(first["test"], test_size / held_out, seed)
+    return datasets.DatasetDict(train=first["train"], validation=second["train"], test=second["test"])
+
+
+def carve(dataset: datasets.Dataset, size: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(rest, held_out): a seeded `size` fraction of `dataset` held out."""
+    parts = _split(dataset, size, seed)
+    return parts["train"], parts["test"]
+
+
+def _split(dataset: datasets.Dataset, test_size: float, seed: int) -> datasets.DatasetDict:
+    if not 0 < test_size < 1:
+        raise InvalidTaskData(f"held-out fraction must be between 0 and 1, got {test_size}")
+    stratify = "label" if isinstance(dataset.features["label"], datasets.ClassLabel) else None
+    return dataset.train_test_split(test_size=test_size, seed=seed, stratify_by_column=stratify)
 
 
 def limit_train_samples(splits: datasets.DatasetDict, max_train_samples: int | None):

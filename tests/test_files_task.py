@@ -1,0 +1,147 @@
+"""task=files: every problem shape from local files, and every kind of bad input refused clearly."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tfbert.tasks import InvalidTaskData
+from tfbert.tasks.files import load_files
+
+TOPICS = {"sports": "goal match team", "politics": "vote senate law", "science": "atom cell lab"}
+
+
+def write_csv(path, rows, columns=("text", "label"), sep=","):
+    pd.DataFrame(rows, columns=list(columns)).to_csv(path, index=False, sep=sep)
+    return path
+
+
+def topic_rows(count=60):
+    names = list(TOPICS)
+    return [(f"{TOPICS[names[i % 3]]} {i}", names[i % 3]) for i in range(count)]
+
+
+def test_three_classes_from_csv_with_carved_splits(tmp_path):
+    task = load_files(str(write_csv(tmp_path / "train.csv", topic_rows(100))))
+    assert task.label_names == ("politics", "science", "sports")  # sorted: a stable order
+    assert {split: len(rows) for split, rows in task.splits.items()} == {"train": 80, "validation": 10, "test": 10}
+    assert "carved from train" in task.provenance["validation"] and "split_seed 42" in task.provenance["test"]
+    again = load_files(str(tmp_path / "train.csv"))
+    assert again.splits["test"]["text"] == task.splits["test"]["text"]
+
+
+def test_tsv_parquet_and_integer_labels(tmp_path):
+    rows = [(text, i % 2) for i, (text, _) in enumerate(topic_rows(40))]
+    train = write_csv(tmp_path / "train.tsv", rows, sep="\t")
+    test = tmp_path / "test.parquet"
+    pd.DataFrame(rows[:10], columns=["text", "label"]).to_parquet(test)
+    task = load_files(str(train), test_file=str(test))
+    assert task.label_names == ("0", "1") and len(task.splits["test"]) == 10
+    assert task.provenance["test"].startswith(str(test))
+
+
+def test_sentence_pairs_with_custom_columns(tmp_path):
+    rows = [{"premise": f"a {t}", "hypothesis": f"b {t}", "gold": "yes" if i % 2 else "no"}
+            for i, (t, _) in enumerate(topic_rows(30))]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(map(json.dumps, rows)))
+    task = load_files(str(path), text_column="premise", text_pair_column="hypothesis", label_column="gold")
+    assert task.has_pairs and task.splits["train"].column_names == ["text", "text_pair", "label"]
+
+
+def test_multi_label_from_lists_and_strings(tmp_path):
+    lists = tmp_path / "multi.jsonl"
+    lists.write_text("\n".join(json.dumps({"text": f"t{i}", "tags": ["a", "b"][: i % 3]}) for i in range(30)))
+    task = load_files(str(lists), label_column="tags", problem_type="multi_label")
+    assert task.label_names == ("a", "b")
+    assert sorted(map(tuple, task.splits["train"]["label"])) [0] == (0.0, 0.0)  # no labels is a valid row
+    strings = write_csv(tmp_path / "multi.csv", [(f"t{i}", ["a", "a,b", "b"][i % 3]) for i in range(30)])
+    assert load_files(str(strings), problem_type="multi_label").label_names == ("a", "b")
+
+
+def test_regression_targets(tmp_path):
+    path = write_csv(tmp_path / "scores.csv", [(f"t{i}", i / 10) for i in range(30)])
+    task = load_files(str(path), problem_type="regression")
+    assert task.label_names == ("label",) and task.num_outputs == 1
+    assert isinstance(task.splits["train"]["label"][0], float)
+
+
+def test_balanced_class_weights(tmp_path):
+    rows = [(f"t{i}", "rare" if i % 4 == 0 else "common") for i in range(80)]
+    task = load_files(str(write_csv(tmp_path / "train.csv", rows)), class_weight="balanced")
+    weights = task.class_weights()
+    assert weights[task.label_names.index("rare")] > 1 > weights[task.label_names.index("common")]
+
+
+# ---- bad input: each stops with the file, the row and the value ----
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.csv does not exist"):
+        load_files(str(tmp_path / "nope.csv"))
+
+
+def test_missing_column_lists_the_columns_found(tmp_path):
+    path = write_csv(tmp_path / "train.csv", topic_rows(), columns=("sentence", "label"))
+    with pytest.raises(InvalidTaskData, match=r"no column 'text'; columns found: sentence, label"):
+        load_files(str(path))
+
+
+@pytest.mark.parametrize("content", ["", "text,label\n"], ids=["empty", "header_only"])
+def test_empty_file(tmp_path, content):
+    path = tmp_path / "train.csv"
+    path.write_text(content)
+    with pytest.raises(InvalidTaskData, match="train.csv (is empty|has a header but no rows)"):
+        load_files(str(path))
+
+
+def test_empty_text_and_missing_label_refused_or_dropped(tmp_path):
+    rows = topic_rows(40)
+    rows[6] = ("   ", "sports")
+    rows[9] = ("some text", None)
+    path = write_csv(tmp_path / "train.csv", rows)
+    with pytest.raises(InvalidTaskData, match=r"train.csv \(train\), row 7: empty text in column 'text'.*on_invalid=drop"):
+        load_files(str(path))
+    task = load_files(str(path), on_invalid="drop")
+    assert sum(map(len, task.splits.values())) == 38
+
+
+def test_unknown_label_in_test(tmp_path):
+    train = write_csv(tmp_path / "train.csv", topic_rows(30))
+    test = write_csv(tmp_path / "test.csv", [("x", "sports"), ("y", "cooking")])
+    with pytest.raises(InvalidTaskData, match=r"test.csv \(test\), row 2: label 'cooking': .*not among the training labels"):
+        load_files(str(train), test_file=str(test))
+
+
+def test_single_class_in_train(tmp_path):
+    train = write_csv(tmp_path / "train.csv", [(f"t{i}", "sports") for i in range(10)])
+    test = write_csv(tmp_path / "test.csv", topic_rows(6))
+    with pytest.raises(InvalidTaskData, match=r"train.csv \(train\): every row has the class 'sports'"):
+        load_files(str(train), validation_file=str(test), test_file=str(test))
+
+
+def test_non_utf8_bytes(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"text,label\ngood,pos\ncaf\xe9 au lait,neg\n")
+    with pytest.raises(InvalidTaskData, match=r"train.csv, line 3: bytes b'\\xe9' are not UTF-8"):
+        load_files(str(path))
+
+
+def test_float_label_for_classification(tmp_path):
+    path = write_csv(tmp_path / "train.csv", [(f"t{i}", 0.5 + i) for i in range(10)])
+    with pytest.raises(InvalidTaskData, match=r"row 1: label 0.5: .*use task.problem_type=regression"):
+        load_files(str(path))
+
+
+def test_nan_regression_target(tmp_path):
+    rows = [(f"t{i}", float(i)) for i in range(20)]
+    rows[4] = ("t4", float("nan"))
+    path = write_csv(tmp_path / "train.csv", rows)
+    with pytest.raises(InvalidTaskData, match="row 5: missing label"):
+        load_files(str(path), problem_type="regression")
+
+
+def test_unknown_format(tmp_path):
+    path = tmp_path / "train.xlsx"
+    path.write_text("x")
+    with pytest.raises(InvalidTaskData, match=r"unknown format '.xlsx'; use one of .csv, .tsv"):
+        load_files(str(path))

@@ -1,0 +1,74 @@
+"""task=files: labelled data from local CSV, TSV, JSON Lines or Parquet files.
+
+Files are read by `datasets`, which keeps an Arrow copy in its cache, so tokenizing the
+same file with the same tokenizer again is served from that cache.
+"""
+
+from pathlib import Path
+
+import datasets
+
+from tfbert.tasks.labeled import build_task
+from tfbert.tasks.task_data import InvalidTaskData, TaskData
+
+# suffix -> (datasets builder, its options)
+FORMATS = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".jsonl": ("json", {}),
+    ".json": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+TEXT_FORMATS = (".csv", ".tsv", ".jsonl", ".json")
+
+
+def load_files(
+    train_file: str,
+    validation_file: str | None = None,
+    test_file: str | None = None,
+    name: str = "files",
+    **columns_and_options,
+) -> TaskData:
+    """A task from local files; missing validation/test splits are carved from train.
+
+    Args:
+        train_file, validation_file, test_file: .csv, .tsv, .jsonl/.json or .parquet.
+        name: task name for run directories and model cards.
+        columns_and_options: the arguments of `tfbert.tasks.labeled.build_task`
+            (text_column, text_pair_column, label_column, problem_type, on_invalid, ...).
+    """
+    files = {"train": train_file, "validation": validation_file, "test": test_file}
+    raw = {split: read_table(Path(path)) for split, path in files.items() if path}
+    sources = {split: f"{files[split]} ({split})" for split in raw}
+    return build_task(name, raw, sources, **columns_and_options)
+
+
+def read_table(path: Path) -> datasets.Dataset:
+    """One file as a Dataset, with clear errors for missing, empty or non-UTF-8 files."""
+    if path.suffix not in FORMATS:
+        raise InvalidTaskData(f"{path}: unknown format {path.suffix!r}; use one of {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    if path.suffix in TEXT_FORMATS:
+        content = path.read_bytes()
+        if not content.strip():
+            raise InvalidTaskData(f"{path} is empty")
+        try:
+            content.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = content[: error.start].count(b"\n") + 1
+            raise InvalidTaskData(
+                f"{path}, line {line}: bytes {content[error.start:error.end]!r} are not UTF-8; "
+                "save the file as UTF-8"
+            ) from None
+    builder, options = FORMATS[path.suffix]
+    try:
+        table = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+    except Exception as error:  # datasets wraps every parser error in its own type
+        cause = error.__cause__ or error
+        if "corresponds to no data" in str(cause):  # a CSV header and nothing else
+            raise InvalidTaskData(f"{path} has a header but no rows") from None
+        raise InvalidTaskData(f"{path} could not be read as {builder}: {cause}") from None
+    if len(table) == 0:
+        raise InvalidTaskData(f"{path} has a header but no rows")
+    return table
