@@ -5,6 +5,10 @@ the exported SavedModel tokenizes raw strings in its graph (InGraphTokenizer), b
 from the same tokenizer's vocabulary and settings.
 """
 
+import logging
+import os
+import time
+
 import datasets
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -13,6 +17,7 @@ from transformers import AutoTokenizer, BertTokenizer, BertTokenizerFast, PreTra
 from tfbert.backbone import resolve_model_dir
 
 TEXT_COLUMNS = ("text", "text_pair")
+log = logging.getLogger(__name__)
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -45,8 +50,31 @@ class Preprocessor:
         return {"input_ids": encoded["input_ids"], "token_type_ids": encoded["token_type_ids"]}
 
     def __call__(self, splits: datasets.DatasetDict) -> datasets.DatasetDict:
-        """The splits with token-id columns added (text columns kept for reports)."""
-        return splits.map(self._encode, batched=True, batch_size=1000, desc="Tokenizing")
+        """The splits with token-id columns added (text columns kept for reports).
+
+        Splits read from files are backed by `datasets`' Arrow cache, so a second run
+        with the same data and tokenizer loads the token ids instead of tokenizing.
+        """
+        started = time.time()
+        tokenized = splits.map(self._encode, batched=True, batch_size=1000, desc="Tokenizing")
+        cache_files = [entry["filename"] for split in tokenized.values() for entry in split.cache_files]
+        if not cache_files:
+            log.info("tokenized %d examples in memory", sum(map(len, tokenized.values())))
+        elif all(os.path.getmtime(name) < started for name in cache_files):
+            log.info("token ids loaded from the datasets cache (%s)", os.path.dirname(cache_files[0]))
+        else:
+            log.info("tokenized and cached in %s", os.path.dirname(cache_files[0]))
+        return tokenized
+
+    def count_truncated(self, tokenized: datasets.Dataset) -> int:
+        """How many examples of a tokenized split were cut to max_length."""
+        full = [row for row, ids in enumerate(tokenized["input_ids"]) if len(ids) == self.max_length]
+        if not full:
+            return 0
+        candidates = tokenized.select(full)
+        pair = candidates["text_pair"] if "text_pair" in candidates.column_names else None
+        lengths = self.tokenizer(candidates["text"], pair, return_length=True)["length"]
+        return sum(length > self.max_length for length in lengths)
 
 
 class InGraphTokenizer(tf.Module):

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tfbert.classifier import build_classifier
 from tfbert.evaluation import evaluate
+from tfbert.objectives import loss_and_metrics
 from tfbert.export import export_classifier
 from tfbert.pipeline import batch_stats
 from tfbert.preprocessing import Preprocessor, load_tokenizer
@@ -27,8 +28,13 @@ def run(cfg: DictConfig) -> dict:
     tf_keras.utils.set_random_seed(cfg.seed)
 
     task: TaskData = instantiate(cfg.task)
-    log.info("task %s: %s", task.name, {split: len(rows) for split, rows in task.splits.items()})
-    tokenized = Preprocessor(load_tokenizer(cfg.model.name_or_path), task.max_length)(task.splits)
+    log.info("task %s (%s): %s", task.name, task.problem_type, task.summary()["sizes"])
+    write_json(run_dir / "task.json", task.summary())
+    preprocessor = Preprocessor(load_tokenizer(cfg.model.name_or_path), task.max_length)
+    tokenized = preprocessor(task.splits)
+    for split, rows in tokenized.items():
+        if truncated := preprocessor.count_truncated(rows):
+            log.info("%s: %d of %d examples truncated to max_length %d", split, truncated, len(rows), task.max_length)
     pipeline = instantiate(cfg.pipeline)
     train_data = pipeline(tokenized["train"], training=True)
     validation_data = pipeline(tokenized["validation"])
@@ -40,28 +46,30 @@ def run(cfg: DictConfig) -> dict:
     )
 
     backbone = instantiate(cfg.model)
-    head = instantiate(cfg.head)(num_outputs=len(task.label_names))
+    head = instantiate(cfg.head)(num_outputs=task.num_outputs)
     model = build_classifier(backbone, head)
     trainer = instantiate(cfg.trainer)
     optimizer = instantiate(cfg.optimizer)(num_train_steps=trainer.epochs * stats["batches"])
+    loss, train_metrics = loss_and_metrics(task.problem_type, task.threshold)
     trainer.fit(
         model,
         optimizer,
-        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        loss=loss,
+        metrics=train_metrics,
         train_data=train_data,
         validation_data=validation_data,
         run_dir=run_dir,
+        class_weight=task.class_weights(),
     )
 
+    label_info = (task.label_names, task.problem_type, task.threshold)
     metrics = {
-        "validation": evaluate(model, validation_data, task.label_names),
-        "test": evaluate(model, test_data, task.label_names),
+        "validation": evaluate(model, validation_data, *label_info),
+        "test": evaluate(model, test_data, *label_info),
         "train_padding_efficiency": stats["padding_efficiency"],
     }
     write_json(run_dir / "metrics.json", metrics)
-    test = metrics["test"]
-    log.info("test accuracy %.4f, macro F1 %.4f", test["accuracy"], test["f1_macro"])
+    log.info("test metrics: %s", {key: value for key, value in metrics["test"].items() if isinstance(value, float)})
     export = export_classifier(model, task, cfg.model.name_or_path, run_dir, instantiate(cfg.export), metrics)
     log.info("metrics: %s; SavedModel: %s", run_dir / "metrics.json", export)
     return metrics
