@@ -1,0 +1,226 @@
+"""The serving export: TF Serving layout, raw-text signature, model card, served without tfbert."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from omegaconf import OmegaConf
+
+from tests.conftest import MINILM, compose_config
+from tfbert.classifier import INPUT_NAMES, build_classifier
+from tfbert.export import Exporter, ServingModule, export_classifier, main
+from tfbert.heads import MeanPoolingHead
+from tfbert.model_card import EXAMPLE_TEXTS, ModelCard
+from tfbert.preprocessing import InGraphTokenizer
+from tfbert.tasks.sentiment import load_sentiment
+
+TEXTS = ["A wonderful, moving film!", "dull", "", "Ça a l'air génial 😀 北京", " ".join(["long"] * 400)]
+MAX_LENGTH = 32
+
+
+@pytest.fixture(scope="module")
+def task(snippets_file):
+    return load_sentiment(data_file=str(snippets_file), max_length=MAX_LENGTH)
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_backbone):
+    return build_classifier(tiny_backbone, MeanPoolingHead(num_outputs=2))
+
+
+@pytest.fixture(scope="module")
+def export_dir(classifier, task, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    metrics = {"test": {"accuracy": 0.75, "f1_macro": 0.7, "examples": 24}}
+    return export_classifier(classifier, task, MINILM, run_dir, metrics=metrics)
+
+
+@pytest.fixture(scope="module")
+def served(export_dir):
+    return tf.saved_model.load(str(export_dir)).signatures
+
+
+def keras_probabilities(classifier, tokenizer, texts):
+    """The in-memory model on the training tokenizer's ids."""
+    tokens = tokenizer(texts, truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="np")
+    logits = classifier({name: tf.constant(tokens[name], tf.int32) for name in INPUT_NAMES}, training=False)
+    return tf.nn.softmax(logits).numpy()
+
+
+def test_tf_serving_layout(export_dir):
+    assert export_dir.name == "1" and export_dir.parent.name == "sentiment"
+    assert export_dir.parent.parent.name == "export"
+    assert (export_dir / "saved_model.pb").is_file() and (export_dir / "variables").is_dir()
+    assert (export_dir / "model_card.md").is_file()
+    assert [path.name for path in export_dir.parent.iterdir()] == ["1"]  # no staging dir left
+
+
+def test_saved_model_cli_shows_both_signatures(export_dir):
+    shown = subprocess.run(
+        ["saved_model_cli", "show", "--all", "--dir", str(export_dir)], capture_output=True, text=True, timeout=120
+    ).stdout
+    signatures = dict(re.findall(r"signature_def\['(\w+)'\]:(.*?)Method name", shown, re.S))
+    assert "inputs['text'] tensor_info:\n        dtype: DT_STRING\n        shape: (-1)" in signatures["serving_default"]
+    for name in INPUT_NAMES:
+        assert f"inputs['{name}'] tensor_info:\n        dtype: DT_INT32\n        shape: (-1, -1)" in signatures["serve_ids"]
+    for signature in ("serving_default", "serve_ids"):
+        outputs = dict(re.findall(r"outputs\['(\w+)'\] tensor_info:\n\s+dtype: (\w+)", signatures[signature]))
+        assert outputs == {"logits": "DT_FLOAT", "probabilities": "DT_FLOAT", "label_id": "DT_INT32", "label": "DT_STRING"}
+
+
+def test_raw_text_signature_matches_the_keras_model(served, classifier, tokenizer):
+    outputs = served["serving_default"](text=tf.constant(TEXTS))
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), keras_probabilities(classifier, tokenizer, TEXTS), atol=1e-5)
+    label_id = outputs["label_id"].numpy()
+    assert label_id.tolist() == outputs["logits"].numpy().argmax(axis=-1).tolist()
+    assert outputs["label"].numpy().tolist() == [[b"negative", b"positive"][i] for i in label_id]
+
+
+def test_id_signature_matches_the_raw_text_signature(served, tokenizer):
+    tokens = tokenizer(TEXTS, truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="np")
+    by_ids = served["serve_ids"](**{name: tf.constant(tokens[name], tf.int32) for name in INPUT_NAMES})
+    by_text = served["serving_default"](text=tf.constant(TEXTS))
+    np.testing.assert_allclose(by_ids["logits"].numpy(), by_text["logits"].numpy(), atol=1e-5)
+
+
+SERVE_WITHOUT_TFBERT = """
+import json, sys
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+serving = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+outputs = serving(text=tf.constant(json.loads(sys.argv[2])))
+leaked = sorted(name for name in sys.modules if name.split(".")[0] in ("tfbert", "transformers"))
+print(json.dumps({"probabilities": outputs["probabilities"].numpy().tolist(), "leaked": leaked}))
+"""
+
+
+def test_served_in_a_fresh_process_without_tfbert(export_dir, classifier, tokenizer, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE_WITHOUT_TFBERT, str(export_dir), json.dumps(TEXTS)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={name: value for name, value in os.environ.items() if name != "TF_USE_LEGACY_KERAS"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert served["leaked"] == []
+    expected = keras_probabilities(classifier, tokenizer, TEXTS)
+    assert np.abs(np.array(served["probabilities"]) - expected).max() <= 1e-5
+
+
+def test_model_card_describes_the_model_and_its_rest_api(export_dir, served):
+    card = (export_dir / "model_card.md").read_text()
+    for fact in ("0 = negative, 1 = positive", "MeanPoolingHead", MINILM, "2 layers, hidden size 32",
+                 f"{MAX_LENGTH} tokens", "accuracy 0.7500, macro F1 0.7000", "POST /v1/models/sentiment:predict"):
+        assert fact in card
+    request, response = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", card, re.S)]
+    assert request == {"instances": list(EXAMPLE_TEXTS)}
+    outputs = served["serving_default"](text=tf.constant(request["instances"]))
+    assert len(response["predictions"]) == len(EXAMPLE_TEXTS)
+    for row, prediction in enumerate(response["predictions"]):
+        assert set(prediction) == set(outputs)
+        assert prediction["label"] == outputs["label"].numpy()[row].decode()
+        np.testing.assert_allclose(prediction["probabilities"], outputs["probabilities"].numpy()[row], atol=1e-6)
+
+
+def test_versions_count_up_and_are_never_overwritten(tmp_path):
+    assert Exporter().version_dir(tmp_path, "sentiment") == tmp_path / "export" / "sentiment" / "1"
+    for taken in ("1", "3", ".4-staging", "notes"):
+        (tmp_path / "export" / "sentiment" / taken).mkdir(parents=True)
+    assert Exporter().version_dir(tmp_path, "sentiment").name == "4"
+    assert Exporter(version=2).version_dir(tmp_path, "sentiment").name == "2"
+    with pytest.raises(FileExistsError, match=r"sentiment/3 already exists; refusing to overwrite version 3"):
+        Exporter(version=3).version_dir(tmp_path, "sentiment")
+    named = Exporter(export_dir=str(tmp_path / "models"), name="reviews", version=7)
+    assert named.version_dir(tmp_path, "sentiment") == tmp_path / "models" / "reviews" / "7"
+
+
+@pytest.fixture
+def module_and_card(classifier, task, tokenizer):
+    module = ServingModule(classifier, InGraphTokenizer.from_tokenizer(tokenizer, MAX_LENGTH), task.label_names)
+    return module, ModelCard.describe(classifier, task, MINILM)
+
+
+def test_an_existing_export_is_left_untouched(export_dir, module_and_card):
+    stamp = (export_dir / "saved_model.pb").stat().st_mtime_ns
+    run_dir = export_dir.parents[2]
+    with pytest.raises(FileExistsError, match="sentiment/1 already exists"):
+        Exporter(version=1)(*module_and_card, run_dir)
+    assert (export_dir / "saved_model.pb").stat().st_mtime_ns == stamp
+
+
+def test_a_failed_export_leaves_nothing_behind(module_and_card, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        Exporter()(*module_and_card, tmp_path)
+    assert list((tmp_path / "export" / "sentiment").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(version=0), "positive integer"),
+        (dict(version="2"), "positive integer"),
+        (dict(name="a/b"), "plain directory name"),
+        (dict(name=".hidden"), "plain directory name"),
+    ],
+    ids=["version_zero", "version_string", "name_with_slash", "hidden_name"],
+)
+def test_bad_exporter_arguments_are_refused(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        Exporter(**arguments)
+
+
+def test_text_columns_must_be_text_or_a_pair(classifier, tokenizer):
+    with pytest.raises(ValueError, match=r"text_columns must be \('text',\) or \('text', 'text_pair'\)"):
+        ServingModule(classifier, InGraphTokenizer.from_tokenizer(tokenizer, 8), ["a", "b"], ["sentence"])
+
+
+@pytest.fixture(scope="module")
+def finished_run(snippets_file, tmp_path_factory):
+    """A run dir as tfbert.train.run leaves it: config.yaml, metrics.json, checkpoints/best."""
+    run_dir = tmp_path_factory.mktemp("finished_run")
+    cfg = compose_config("model=tiny", "head=mean", f"task.data_file={snippets_file}", f"run_dir={run_dir}")
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5, "f1_macro": 0.4, "examples": 24}}))
+    from hydra.utils import instantiate
+
+    model = build_classifier(instantiate(cfg.model), instantiate(cfg.head)(num_outputs=2))
+    model.save_weights(str(run_dir / "checkpoints" / "best"))
+    return run_dir, model
+
+
+def test_export_cli_rebuilds_the_trained_model(finished_run, tokenizer, capsys):
+    run_dir, model = finished_run
+    main([f"run_dir={run_dir}", "export.name=from_run", "export.version=3"])
+    directory = run_dir / "export" / "from_run" / "3"
+    assert capsys.readouterr().out.strip() == str(directory)
+    texts = ["a wonderful movie", "dull and tedious"]
+    tokens = tokenizer(texts, truncation=True, max_length=128, padding=True, return_tensors="np")
+    expected = tf.nn.softmax(model({name: tf.constant(tokens[name], tf.int32) for name in INPUT_NAMES})).numpy()
+    served = tf.saved_model.load(str(directory)).signatures["serving_default"](text=tf.constant(texts))
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+    assert "accuracy 0.5000" in (directory / "model_card.md").read_text()
+    with pytest.raises(SystemExit, match="from_run/3 already exists"):
+        main([f"run_dir={run_dir}", "export.name=from_run", "export.version=3"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "run_dir is required"),
+        (["run_dir=x", "export.nme=y"], r"unknown keys \['export.nme'\]"),
+        (["run_dir=/nowhere"], "holds no config.yaml"),
+    ],
+    ids=["no_run_dir", "misspelt_key", "not_a_run_dir"],
+)
+def test_export_cli_errors_name_the_problem(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        main(argv)
