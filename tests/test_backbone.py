@@ -1,3 +1,4 @@
+import re
 import shutil
 import sys
 
@@ -65,3 +66,39 @@ def test_unknown_model_names_what_is_accepted(name):
     with pytest.raises(BackboneNotFound, match="directory with config.json") as error:
         load_backbone(name, random_init=True, config_overrides=TINY_CONFIG)
     assert name in str(error.value)
+
+
+def trainable_parts(backbone):
+    """Which parts of the encoder would train: embeddings, layer_._0.., pooler."""
+    parts = [re.search(r"/(embeddings|layer_\._\d+|pooler)/", variable.name)[1] for variable in backbone.trainable_variables]
+    return sorted(set(parts))
+
+
+@pytest.mark.parametrize(
+    "kwargs, parts",
+    [
+        ({}, ["embeddings", "layer_._0", "layer_._1", "pooler"]),
+        ({"freeze": "embeddings"}, ["layer_._0", "layer_._1", "pooler"]),
+        ({"freeze": "all"}, []),
+        ({"trainable_layers": 1}, ["layer_._1", "pooler"]),
+        ({"trainable_layers": 0}, ["pooler"]),
+    ],
+    ids=["none", "embeddings", "all", "top_1", "top_0"],
+)
+def test_what_trains(kwargs, parts):
+    backbone = load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG, **kwargs)
+    assert trainable_parts(backbone) == parts
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"freeze": "encoder"}, "freeze must be one of none, embeddings, all; got 'encoder'"),
+        ({"trainable_layers": 3}, "between 0 and the encoder's 2 layers .* got 3"),
+        ({"trainable_layers": -1}, "got -1"),
+        ({"freeze": "all", "trainable_layers": 1}, "freeze='all' .* trainable_layers=1"),
+    ],
+)
+def test_bad_freeze_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG, **kwargs)

@@ -22,6 +22,7 @@ from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf
 
 MODEL_FILES = ["config.json", "vocab.txt", "tokenizer*.json", "special_tokens_map.json"]
 WEIGHT_FILES = ["tf_model.h5", "model.safetensors"]
+FREEZE_CHOICES = ("none", "embeddings", "all")
 
 
 class BackboneNotFound(ValueError):
@@ -61,6 +62,8 @@ def load_backbone(
     name_or_path: str,
     random_init: bool = False,
     config_overrides: dict | None = None,
+    freeze: str = "none",
+    trainable_layers: int | None = None,
 ) -> TFBertModel:
     """A built TFBertModel with pretrained (or, with `random_init`, fresh) weights.
 
@@ -69,9 +72,44 @@ def load_backbone(
         random_init: ignore the weights and initialise at random (tests, ablations).
         config_overrides: BertConfig fields to change, e.g. a tiny
             `{hidden_size: 32, num_hidden_layers: 2}` with `random_init`.
+        freeze: what does not train: `none`, `embeddings`, or `all` (the whole encoder,
+            pooler included; only the head trains).
+        trainable_layers: train only the top N encoder layers (and the pooler); the
+            embeddings and the layers below stay frozen. None: every layer trains.
     """
+    if freeze not in FREEZE_CHOICES:
+        raise ValueError(f"freeze must be one of {', '.join(FREEZE_CHOICES)}; got {freeze!r}")
+    if freeze == "all" and trainable_layers is not None:
+        raise ValueError(
+            f"freeze='all' freezes every layer, so trainable_layers={trainable_layers} cannot "
+            "train any; set one of them only"
+        )
     model_dir = resolve_model_dir(name_or_path, weights=not random_init)
     config = BertConfig.from_pretrained(model_dir, **dict(config_overrides or {}))
+    if trainable_layers is not None and not 0 <= trainable_layers <= config.num_hidden_layers:
+        raise ValueError(
+            f"trainable_layers must be between 0 and the encoder's {config.num_hidden_layers} "
+            f"layers (or null for all), got {trainable_layers}"
+        )
+    model = _load_weights(name_or_path, model_dir, config, random_init)
+    _freeze(model, freeze, trainable_layers)
+    return model
+
+
+def _freeze(model: TFBertModel, freeze: str, trainable_layers: int | None) -> None:
+    """Mark what does not train as non-trainable (see load_backbone)."""
+    if freeze == "all":
+        model.trainable = False
+    if freeze == "embeddings" or trainable_layers is not None:
+        model.bert.embeddings.trainable = False
+    if trainable_layers is not None:
+        frozen = len(model.bert.encoder.layer) - trainable_layers
+        for layer in model.bert.encoder.layer[:frozen]:
+            layer.trainable = False
+
+
+def _load_weights(name_or_path: str, model_dir: Path, config: BertConfig, random_init: bool) -> TFBertModel:
+    """A built TFBertModel of `config`, with model_dir's weights unless `random_init`."""
     if random_init:
         model = TFBertModel(config)
         model.build_in_name_scope()
