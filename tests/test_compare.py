@@ -1,0 +1,95 @@
+"""tfbert.compare on a fabricated multirun dir: grouping, mean ± std, CSV, chart, errors."""
+
+import csv
+import json
+import statistics
+
+import pytest
+import yaml
+
+from tfbert.compare import NoRuns, compare, main
+
+# head -> test accuracy of seeds 1, 2, 3
+ACCURACY = {"pooler": [0.80, 0.82, 0.84], "mean": [0.70, 0.75, 0.80]}
+
+
+def fake_run(multirun_dir, number, overrides, metrics=None):
+    run_dir = multirun_dir / f"{number}_{','.join(overrides)}"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return run_dir
+
+
+def fake_metrics(accuracy, seconds):
+    scores = {"accuracy": accuracy, "f1_macro": accuracy - 0.1, "precision_macro": 0.5, "recall_macro": 0.5}
+    return {"validation": scores, "test": scores, "train_seconds": seconds}
+
+
+@pytest.fixture
+def multirun_dir(tmp_path):
+    number = 0
+    for head, accuracies in ACCURACY.items():
+        for seed, accuracy in enumerate(accuracies, start=1):
+            fake_run(tmp_path, number, ["model=tiny", f"head={head}", f"seed={seed}"],
+                     fake_metrics(accuracy, seconds=10.0 * seed))
+            number += 1
+    return tmp_path
+
+
+def test_table_has_mean_and_std_per_head(multirun_dir):
+    paths = compare(multirun_dir)
+    table = paths["md"].read_text().splitlines()
+    assert table[0] == (
+        "| head | runs | test accuracy | test macro F1 | test macro precision | test macro recall | training seconds |"
+    )
+    pooler = statistics.mean(ACCURACY["pooler"]), statistics.stdev(ACCURACY["pooler"])
+    assert table[2].startswith(f"| pooler | 3 | {pooler[0]:.4f} ± {pooler[1]:.4f} |")
+    assert table[3].startswith("| mean | 3 | 0.7500 ± 0.0500 | 0.6500 ± 0.0500 |")
+    assert table[3].endswith("| 20.0 ± 10.0 |")
+
+
+def test_csv_holds_the_numbers(multirun_dir):
+    paths = compare(multirun_dir)
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [row["head"] for row in rows] == ["pooler", "mean"]
+    mean = rows[1]
+    assert float(mean["test accuracy mean"]) == pytest.approx(0.75)
+    assert float(mean["test accuracy std"]) == pytest.approx(0.05)
+    assert float(mean["training seconds mean"]) == pytest.approx(20.0)
+    assert int(mean["runs"]) == 3
+
+
+def test_chart_is_a_png(multirun_dir):
+    png = compare(multirun_dir)["png"]
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_group_by_another_override_and_single_runs(multirun_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    paths = compare(multirun_dir, by=["head", "seed"], out_dir=out)
+    table = paths["md"].read_text().splitlines()
+    assert len(table) == 2 + 6
+    assert table[2].startswith("| pooler | 1 | 1 | 0.8000 |")  # one run: no std
+    assert paths["md"].parent == out
+
+
+def test_unfinished_runs_are_skipped(multirun_dir):
+    fake_run(multirun_dir, 99, ["model=tiny", "head=cls", "seed=1"])  # no metrics.json
+    table = compare(multirun_dir)["md"].read_text()
+    assert "| cls |" not in table
+
+
+def test_dir_without_runs_says_what_was_expected(tmp_path, capsys):
+    with pytest.raises(NoRuns, match="expected subdirectories like 0_head=pooler,seed=1/"):
+        compare(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "missing")])
+    assert exit_info.value.code == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_unknown_group_key_lists_the_overrides(multirun_dir):
+    with pytest.raises(NoRuns, match="overrides found: head, model, seed"):
+        compare(multirun_dir, by=["dropout"])

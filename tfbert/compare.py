@@ -1,0 +1,207 @@
+"""Compare the runs of a Hydra multirun: mean ± std of each test metric per group, and a chart.
+
+    python train.py experiment=compare_heads       # = python train.py -m head=pooler,cls,mean,max seed=1,2,3
+    python -m tfbert.compare multirun/<date>_<time>                  # groups by head
+    python -m tfbert.compare multirun/<date>_<time> --by head optimizer.learning_rate
+
+Each run dir of the sweep holds metrics.json and .hydra/overrides.yaml. Runs are grouped
+by the overrides named with --by; by default, by every override whose value differs
+between runs except `seed`. Writes comparison.md, comparison.csv and comparison.png
+into the multirun dir (or --out).
+"""
+
+import argparse
+import csv
+import json
+import logging
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from tfbert.figures import metric_bars_figure, png_bytes
+
+log = logging.getLogger(__name__)
+
+# Columns of the comparison: (name, where it is in metrics.json).
+COLUMNS = (
+    ("test accuracy", ("test", "accuracy")),
+    ("test macro F1", ("test", "f1_macro")),
+    ("test macro precision", ("test", "precision_macro")),
+    ("test macro recall", ("test", "recall_macro")),
+    ("training seconds", ("train_seconds",)),
+)
+CHARTED = ("test accuracy", "test macro F1")
+REPEATS = ("seed",)  # overrides that repeat a configuration rather than change it
+
+
+class NoRuns(ValueError):
+    """The directory holds no finished runs to compare."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished run of a sweep: its dir, command-line overrides and metrics.json."""
+
+    path: Path
+    overrides: dict[str, str]
+    metrics: dict
+
+
+def read_overrides(path: Path) -> dict[str, str]:
+    """`.hydra/overrides.yaml` as {key: value}, e.g. {"head": "mean", "seed": "1"}."""
+    parsed = OverridesParser.create().parse_overrides(yaml.safe_load(path.read_text()) or [])
+    return {override.key_or_group: override.get_value_element_as_str() for override in parsed}
+
+
+def job_number(path: Path) -> tuple:
+    """Sort key: Hydra's job number (the `<n>_` in `<n>_head=mean`), then the name."""
+    number = path.name.split("_", 1)[0]
+    return (int(number) if number.isdigit() else sys.maxsize, path.name)
+
+
+def load_runs(multirun_dir: Path) -> list[Run]:
+    """The finished runs below `multirun_dir`, in job order; unfinished ones are logged and skipped."""
+    multirun_dir = Path(multirun_dir)
+    if not multirun_dir.is_dir():
+        raise NoRuns(f"{multirun_dir} is not a directory; expected a multirun dir such as multirun/<date>_<time>")
+    runs, unfinished = [], []
+    for overrides_file in multirun_dir.glob("*/.hydra/overrides.yaml"):
+        run_dir = overrides_file.parent.parent
+        metrics_file = run_dir / "metrics.json"
+        if metrics_file.is_file():
+            runs.append(Run(run_dir, read_overrides(overrides_file), json.loads(metrics_file.read_text())))
+        else:
+            unfinished.append(run_dir.name)
+    if unfinished:
+        log.warning("skipped %d runs without metrics.json (failed or still running): %s",
+                    len(unfinished), ", ".join(sorted(unfinished)))
+    if not runs:
+        raise NoRuns(
+            f"no finished runs in {multirun_dir}: expected subdirectories like 0_head=pooler,seed=1/ "
+            "each holding metrics.json and .hydra/overrides.yaml, as "
+            "`python train.py -m head=pooler,cls,mean,max seed=1,2,3` writes them"
+        )
+    return sorted(runs, key=lambda run: job_number(run.path))
+
+
+def varying_overrides(runs: list[Run]) -> list[str]:
+    """Override keys whose value differs between runs, except the repeats (seed), in first-seen order."""
+    keys = dict.fromkeys(key for run in runs for key in run.overrides)
+    return [
+        key for key in keys
+        if key not in REPEATS and len({run.overrides.get(key) for run in runs}) > 1
+    ]
+
+
+def summarize(runs: list[Run], by: list[str]) -> list[dict]:
+    """One row per group of runs: the `by` values, the run count, and (mean, std) per column.
+
+    std is the sample standard deviation, None for a group of one run; a column is left
+    out where a run lacks its value (e.g. train_seconds from before it was recorded).
+    """
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run.overrides.get(key, "") for key in by), []).append(run)
+    columns = [(name, path) for name, path in COLUMNS if all(lookup(run.metrics, path) is not None for run in runs)]
+    rows = []
+    for values, members in groups.items():
+        row = {**dict(zip(by, values)), "runs": len(members)}
+        for name, path in columns:
+            scores = [lookup(run.metrics, path) for run in members]
+            row[name] = (statistics.mean(scores), statistics.stdev(scores) if len(scores) > 1 else None)
+        rows.append(row)
+    return rows
+
+
+def lookup(metrics: dict, path: tuple):
+    """metrics[path[0]][path[1]]..., or None where a key is missing."""
+    for key in path:
+        if not isinstance(metrics, dict) or key not in metrics:
+            return None
+        metrics = metrics[key]
+    return metrics
+
+
+def markdown_table(rows: list[dict], by: list[str]) -> str:
+    """`| head | runs | test accuracy | ... |` with `mean ± std` cells."""
+    names = list(rows[0])
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for row in rows:
+        cells = [str(row[name]) if name in by or name == "runs" else mean_std(*row[name], name) for name in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def mean_std(mean: float, std: float | None, column: str) -> str:
+    """`0.8123 ± 0.0100` (seconds to 1 decimal); just the mean for a single run."""
+    digits = 1 if column == "training seconds" else 4
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def write_csv(rows: list[dict], by: list[str], path: Path) -> None:
+    """A column per `by` key, `runs`, then `<column> mean` and `<column> std` (empty for one run)."""
+    scored = [name for name in rows[0] if name not in by and name != "runs"]
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow([*by, "runs", *(f"{name} {stat}" for name in scored for stat in ("mean", "std"))])
+        for row in rows:
+            stats = [value for name in scored for value in row[name]]
+            writer.writerow([*(row[key] for key in by), row["runs"], *("" if value is None else value for value in stats)])
+
+
+def write_chart(rows: list[dict], by: list[str], path: Path) -> None:
+    """Bars of the charted test metrics (and training time) per group, ±std error bars."""
+    labels = [",".join(str(row[key]) for key in by) for row in rows]
+
+    def series(name):
+        return [row[name][0] for row in rows], [row[name][1] or 0.0 for row in rows]
+
+    metrics = {name: series(name) for name in CHARTED if name in rows[0]}
+    time = series("training seconds") if "training seconds" in rows[0] else None
+    path.write_bytes(png_bytes(metric_bars_figure(labels, metrics, time)))
+
+
+def compare(multirun_dir: Path, by: list[str] | None = None, out_dir: Path | None = None) -> dict[str, Path]:
+    """Write comparison.md, comparison.csv and comparison.png; returns their paths by format."""
+    runs = load_runs(multirun_dir)
+    by = by or varying_overrides(runs)
+    if not by:
+        raise NoRuns(
+            f"the {len(runs)} runs in {multirun_dir} differ only in {', '.join(REPEATS)}: "
+            "nothing to group by; name the overrides to group by with --by"
+        )
+    unknown = [key for key in by if not any(key in run.overrides for run in runs)]
+    if unknown:
+        found = sorted({key for run in runs for key in run.overrides})
+        raise NoRuns(f"no run in {multirun_dir} overrides {', '.join(unknown)}; overrides found: {', '.join(found)}")
+    rows = summarize(runs, by)
+    out_dir = Path(out_dir or multirun_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {kind: out_dir / f"comparison.{kind}" for kind in ("md", "csv", "png")}
+    paths["md"].write_text(markdown_table(rows, by))
+    write_csv(rows, by, paths["csv"])
+    write_chart(rows, by, paths["png"])
+    return paths
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("multirun_dir", type=Path, help="a Hydra sweep dir, e.g. multirun/2026-01-01_12-00-00")
+    parser.add_argument("--by", nargs="+", help="overrides to group runs by (default: those that differ, but seed)")
+    parser.add_argument("--out", type=Path, help="where to write the comparison (default: the multirun dir)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        paths = compare(args.multirun_dir, args.by, args.out)
+    except NoRuns as error:
+        parser.exit(2, f"error: {error}\n")
+    print(paths["md"].read_text())
+    print("\n".join(f"wrote {path}" for path in paths.values()))
+
+
+if __name__ == "__main__":
+    main()
