@@ -49,7 +49,10 @@ def test_tensorboard_logs_and_best_checkpoint_restored(tiny_run):
     assert len(val_accuracy) == 3
     # evaluation ran on the best epoch's weights, not the last epoch's
     assert metrics["validation"]["accuracy"] == pytest.approx(max(val_accuracy), abs=1e-6)
-    assert (run_dir / "checkpoints" / "best.index").is_file()
+    best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
+    assert best["value"] == pytest.approx(max(val_accuracy), abs=1e-6)
+    assert (run_dir / "checkpoints" / f"{best['checkpoint']}.index").is_file()
+    assert not (run_dir / "backup").exists()  # a finished run leaves no backup behind
 
 
 def test_export_serves_token_ids(tiny_run, tokenizer):

@@ -57,6 +57,17 @@ class Pipeline:
         return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def stream_epochs(epoch_data: tf.data.Dataset, epochs: int, skip_batches: int = 0) -> tf.data.Dataset:
+    """`epochs` passes over a training dataset as one stream of batches.
+
+    Each pass is reshuffled, deterministically from the pipeline's seed, so the stream
+    is the same in every process: resuming at batch k of it (`skip_batches`) sees
+    exactly the batches an uninterrupted run would see from there on.
+    """
+    stream = tf.data.Dataset.range(epochs).flat_map(lambda _: epoch_data)
+    return stream.skip(skip_batches).prefetch(tf.data.AUTOTUNE)
+
+
 def _add_attention_mask(features, label):
     features = {
         "input_ids": features["input_ids"],

@@ -1,19 +1,22 @@
 """run(cfg): one fine-tuning run, from task data to metrics.json and a SavedModel."""
 
-import json
 import logging
+import time
 from pathlib import Path
 
 import tf_keras
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tfbert.callbacks import flat_hparams
+from tfbert.checkpoints import write_json
 from tfbert.classifier import build_classifier
 from tfbert.evaluation import evaluate
 from tfbert.objectives import loss_and_metrics
 from tfbert.export import export_classifier
 from tfbert.pipeline import batch_stats
 from tfbert.preprocessing import Preprocessor, load_tokenizer
+from tfbert.report import run_summary
 from tfbert.tasks import TaskData
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,7 @@ def run(cfg: DictConfig) -> dict:
     # What `python -m tfbert.export run_dir=...` rebuilds the model from.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     tf_keras.utils.set_random_seed(cfg.seed)
+    trainer = instantiate(cfg.trainer)  # first: it may switch on op determinism
 
     task: TaskData = instantiate(cfg.task)
     log.info("task %s (%s): %s", task.name, task.problem_type, task.summary()["sizes"])
@@ -48,37 +52,37 @@ def run(cfg: DictConfig) -> dict:
     backbone = instantiate(cfg.model)
     head = instantiate(cfg.head)(num_outputs=task.num_outputs)
     model = build_classifier(backbone, head)
-    trainer = instantiate(cfg.trainer)
     optimizer = instantiate(cfg.optimizer)(num_train_steps=trainer.epochs * stats["batches"])
     loss, train_metrics = loss_and_metrics(task.problem_type, task.threshold)
+    insight = instantiate(cfg.insight)(
+        run_dir=run_dir, backbone=backbone, head=head, tokenizer=preprocessor.tokenizer,
+        validation=tokenized["validation"], label_names=task.label_names, problem_type=task.problem_type,
+        monitor=trainer.monitor, hparams=flat_hparams(cfg),
+    )
+    started = time.perf_counter()
     trainer.fit(
         model,
         optimizer,
         loss=loss,
         metrics=train_metrics,
         train_data=train_data,
+        steps_per_epoch=stats["batches"],
         validation_data=validation_data,
         run_dir=run_dir,
         class_weight=task.class_weights(),
+        callbacks=insight,
     )
+    train_seconds = time.perf_counter() - started
 
     label_info = (task.label_names, task.problem_type, task.threshold)
     metrics = {
         "validation": evaluate(model, validation_data, *label_info),
         "test": evaluate(model, test_data, *label_info),
         "train_padding_efficiency": stats["padding_efficiency"],
+        "train_seconds": round(train_seconds, 1),
     }
     write_json(run_dir / "metrics.json", metrics)
     log.info("test metrics: %s", {key: value for key, value in metrics["test"].items() if isinstance(value, float)})
     export = export_classifier(model, task, cfg.model.name_or_path, run_dir, instantiate(cfg.export), metrics)
-    log.info("metrics: %s; SavedModel: %s", run_dir / "metrics.json", export)
+    log.info("%s", run_summary(metrics, run_dir, export))
     return metrics
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically, so a crash never leaves a half-written file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2) + "\n")
-    partial.replace(path)
-
-

@@ -1,10 +1,40 @@
-"""Keras fit with the callbacks a fine-tuning run needs: TensorBoard and the best checkpoint."""
+"""Keras fit with what a fine-tuning run needs: TensorBoard, the best checkpoint, resume."""
 
+import logging
+import math
 import sys
 from pathlib import Path
 
 import tensorflow as tf
 import tf_keras
+
+from tfbert.checkpoints import Backup, BestCheckpoint, Preempted, backup_position, best_checkpoint
+from tfbert.pipeline import stream_epochs
+
+log = logging.getLogger(__name__)
+RESUME = ("auto", "never")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(tf_keras.callbacks.Callback):
+    """Stops training at the first NaN/inf loss and remembers where it happened."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.stopped_at = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.stopped_at is None:
+            self.stopped_at = (self.epoch + 1, batch + 1)
+            self.model.stop_training = True
 
 
 class Trainer:
@@ -17,6 +47,10 @@ class Trainer:
         jit_compile: compile train/eval steps with XLA.
         steps_per_execution: batches run per tf.function call (fewer Python round trips).
         tensorboard_update_freq: log training scalars every this many batches, or `epoch`.
+        resume: `auto` continues from `<run_dir>/backup` when a previous run of the same
+            run_dir left one (crash, SIGTERM); `never` refuses to start over such a backup.
+        backup_every_steps: how often the backup is refreshed.
+        deterministic: TensorFlow op determinism (same seed, same machine: identical runs).
     """
 
     def __init__(
@@ -26,16 +60,28 @@ class Trainer:
         jit_compile: bool = False,
         steps_per_execution: int = 1,
         tensorboard_update_freq: int | str = 50,
+        resume: str = "auto",
+        backup_every_steps: int = 100,
+        deterministic: bool = False,
     ):
         if epochs < 1:
             raise ValueError(f"epochs must be positive, got {epochs}")
         if monitor is not None and not monitor.startswith("val_"):
             raise ValueError(f"monitor must name a validation metric such as val_accuracy, got {monitor!r}")
+        if resume not in RESUME:
+            raise ValueError(f"resume must be one of {list(RESUME)}, got {resume!r}")
+        if backup_every_steps < 1:
+            raise ValueError(f"backup_every_steps must be positive, got {backup_every_steps}")
         self.epochs = epochs
         self.monitor = monitor
         self.jit_compile = jit_compile
         self.steps_per_execution = steps_per_execution
         self.tensorboard_update_freq = tensorboard_update_freq
+        self.resume = resume
+        self.backup_every_steps = backup_every_steps
+        self.deterministic = deterministic
+        if deterministic:
+            tf.config.experimental.enable_op_determinism()
 
     def fit(
         self,
@@ -44,6 +90,7 @@ class Trainer:
         loss: tf_keras.losses.Loss,
         metrics: list,
         train_data: tf.data.Dataset,
+        steps_per_epoch: int,
         validation_data: tf.data.Dataset,
         run_dir: Path,
         callbacks: list = (),
@@ -51,10 +98,22 @@ class Trainer:
     ) -> tf_keras.callbacks.History:
         """Train; afterwards `model` holds the weights of the best validation epoch.
 
-        `loss` and `metrics` fit the task's problem type; `callbacks` run after the
-        trainer's own (TensorBoard, best checkpoint); `class_weight` weights each
-        class id's loss.
+        `train_data` is one epoch of `steps_per_epoch` batches; `loss` and `metrics` fit
+        the task's problem type; `callbacks` run before the trainer's own; `class_weight`
+        weights each class id's loss. Raises Preempted after saving a backup on SIGTERM,
+        and NonFiniteLoss when the loss becomes NaN/inf (no checkpoint is written from it).
         """
+        run_dir = Path(run_dir)
+        backup_dir = run_dir / "backup"
+        done = backup_position(backup_dir, steps_per_epoch)  # verifies the backup, if any
+        if done and self.resume == "never":
+            raise FileExistsError(
+                f"{backup_dir} holds an unfinished run; use trainer.resume=auto to continue it, "
+                "or another run_dir to start over"
+            )
+        if done:
+            log.info("resuming from %s: epoch %d, step %d", backup_dir, done // steps_per_epoch + 1,
+                     done % steps_per_epoch)
         model.compile(
             optimizer=optimizer,
             loss=loss,
@@ -62,27 +121,42 @@ class Trainer:
             jit_compile=self.jit_compile,
             steps_per_execution=self.steps_per_execution,
         )
-        best = Path(run_dir) / "checkpoints" / "best"
         monitor = self.monitor or (
             "val_accuracy" if any(metric.name == "accuracy" for metric in metrics) else "val_loss"
         )
         mode = "min" if monitor.endswith(("loss", "mae", "mse")) else "max"
-        callbacks = [
-            *callbacks,
-            tf_keras.callbacks.TensorBoard(
-                log_dir=str(Path(run_dir) / "tensorboard"), update_freq=self.tensorboard_update_freq
-            ),
-            tf_keras.callbacks.ModelCheckpoint(
-                str(best), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True
-            ),
-        ]
+        nan_guard = StopOnNonFiniteLoss()
+        backup = Backup(backup_dir, save_freq=self.backup_every_steps)
         history = model.fit(
-            train_data,
-            validation_data=validation_data,
+            stream_epochs(train_data, self.epochs, skip_batches=done),
             epochs=self.epochs,
-            callbacks=callbacks,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=validation_data,
+            callbacks=[
+                *callbacks,
+                nan_guard,
+                backup,
+                BestCheckpoint(run_dir / "checkpoints", monitor, mode),
+                tf_keras.callbacks.TensorBoard(
+                    log_dir=str(run_dir / "tensorboard"), update_freq=self.tensorboard_update_freq
+                ),
+            ],
             class_weight=class_weight,
             verbose=1 if sys.stdout.isatty() else 2,
         )
-        model.load_weights(str(best)).expect_partial()
+        if backup.preempted_at is not None:
+            epoch, step = backup.preempted_at
+            raise Preempted(
+                f"stopped on SIGTERM at epoch {epoch + 1}, step {step + 1}; the backup in {backup_dir} "
+                "resumes it: run the same command with the same run_dir"
+            )
+        if nan_guard.stopped_at is not None:
+            epoch, step = nan_guard.stopped_at
+            raise NonFiniteLoss(
+                f"the loss became NaN/inf at epoch {epoch}, step {step}; nothing was saved from it. "
+                f"Last good backup: {backup_dir}; best checkpoint so far: "
+                f"{(run_dir / 'checkpoints' / 'best.json') if (run_dir / 'checkpoints' / 'best.json').exists() else 'none'}. "
+                "Try a lower optimizer.learning_rate."
+            )
+        model.load_weights(str(best_checkpoint(run_dir))).expect_partial()
         return history

@@ -1,0 +1,146 @@
+"""Checkpoints that survive crashes: the best weights, and a backup to resume from.
+
+best:    checkpoints/best-<epoch>.* plus checkpoints/best.json pointing at them. A new
+         best is written under a new name and best.json is replaced atomically after
+         it, so a crash at any point leaves the previous best readable.
+backup:  backup/ (tf_keras BackupAndRestore): model, optimizer (and so the learning-
+         rate schedule position), epoch and step, every `save_freq` steps and on
+         SIGTERM; never written from a non-finite loss; removed when training ends.
+"""
+
+import json
+import logging
+import math
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+log = logging.getLogger(__name__)
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint on disk cannot be read; the message names its path."""
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically: a temporary file in the same directory, then a rename."""
+    path = Path(path)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as partial:
+        partial.write(json.dumps(payload, indent=2) + "\n")
+        partial.flush()
+        os.fsync(partial.fileno())
+    os.replace(partial.name, path)
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """The weights prefix of a run's best epoch (for `model.load_weights`)."""
+    pointer = Path(run_dir) / "checkpoints" / "best.json"
+    if not pointer.is_file():
+        raise FileNotFoundError(f"{pointer} does not exist: the run saved no best checkpoint")
+    return pointer.parent / json.loads(pointer.read_text())["checkpoint"]
+
+
+def verify_checkpoint(prefix: str) -> None:
+    """Read every tensor of a TF checkpoint (their CRCs are checked), or raise CorruptCheckpoint."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError) as error:
+        raise CorruptCheckpoint(
+            f"checkpoint {prefix} is unreadable ({type(error).__name__}: {str(error).splitlines()[0]})"
+        ) from None
+
+
+class BestCheckpoint(tf_keras.callbacks.Callback):
+    """Keeps the weights of the best epoch by `monitor`, written atomically.
+
+    On a resumed run, the best value so far comes from best.json, so an epoch only
+    replaces the kept weights when it really is better.
+    """
+
+    def __init__(self, directory: Path, monitor: str, mode: str):
+        super().__init__()
+        self.directory = Path(directory)
+        self.monitor = monitor
+        self.better = np.greater if mode == "max" else np.less
+        pointer = self.directory / "best.json"
+        self.best = json.loads(pointer.read_text())["value"] if pointer.is_file() else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(f"monitor {self.monitor!r} is not among the logged metrics {sorted(logs or {})}")
+        if not math.isfinite(value) or (self.best is not None and not self.better(value, self.best)):
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"best-{epoch + 1:04d}"
+        self.model.save_weights(str(self.directory / name))
+        write_json(self.directory / "best.json",
+                   {"checkpoint": name, "epoch": epoch + 1, "monitor": self.monitor, "value": float(value)})
+        self.best = float(value)
+        for stale in self.directory.glob("best-*"):
+            if not stale.name.startswith(name + "."):
+                stale.unlink()
+
+
+class Preempted(SystemExit):
+    """Training stopped on SIGTERM after saving a backup."""
+
+
+class Backup(tf_keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that also saves on SIGTERM and never saves a non-finite state.
+
+    Args:
+        backup_dir: where the backup lives (removed once training finishes).
+        save_freq: back up every this many steps.
+    """
+
+    def __init__(self, backup_dir: Path, save_freq: int):
+        super().__init__(str(backup_dir), save_freq=save_freq, delete_checkpoint=True)
+        self.preempted_at = None
+        self._signalled = False
+        self._finite = True
+
+    def on_train_begin(self, logs=None):
+        self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        super().on_train_begin(logs)
+
+    def _on_sigterm(self, signum, frame):
+        self._signalled = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        self._finite = loss is None or math.isfinite(float(loss))
+        if not self._finite:
+            return  # a NaN/inf step must never reach the backup
+        super().on_train_batch_end(batch, logs)
+        if self._signalled and self.preempted_at is None:
+            self._backup(epoch=self._current_epoch, batch=batch)
+            self.preempted_at = (self._current_epoch, batch)
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        signal.signal(signal.SIGTERM, self._previous_handler)
+        if self.preempted_at is not None or not self._finite:
+            self.delete_checkpoint = False  # keep the last good backup to resume from
+        super().on_train_end(logs)
+
+
+def backup_position(backup_dir: Path, steps_per_epoch: int) -> int:
+    """Training batches already done according to a backup (0 when there is none)."""
+    latest = tf.train.latest_checkpoint(str(backup_dir))
+    if latest is None:
+        return 0
+    verify_checkpoint(latest)
+    reader = tf.train.load_checkpoint(latest)
+    names = reader.get_variable_to_shape_map()
+    epoch_key = next(name for name in names if "_ckpt_saved_epoch" in name)
+    batch_key = next(name for name in names if "_ckpt_saved_batch" in name)
+    epoch, batch = int(reader.get_tensor(epoch_key)), int(reader.get_tensor(batch_key))
+    return epoch * steps_per_epoch + batch + 1
