@@ -115,7 +115,7 @@ def test_served_in_a_fresh_process_without_tfbert(export_dir, classifier, tokeni
 def test_model_card_describes_the_model_and_its_rest_api(export_dir, served):
     card = (export_dir / "model_card.md").read_text()
     for fact in ("0 = negative, 1 = positive", "MeanPoolingHead", MINILM, "2 layers, hidden size 32",
-                 f"{MAX_LENGTH} tokens", "accuracy 0.7500, macro F1 0.7000", "POST /v1/models/sentiment:predict"):
+                 f"{MAX_LENGTH} tokens", "accuracy 0.7500, f1_macro 0.7000 (24 test examples)", "POST /v1/models/sentiment:predict"):
         assert fact in card
     request, response = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", card, re.S)]
     assert request == {"instances": list(EXAMPLE_TEXTS)}
@@ -178,9 +178,40 @@ def test_bad_exporter_arguments_are_refused(arguments, message):
         Exporter(**arguments)
 
 
+@pytest.mark.parametrize(
+    "problem_type, num_outputs, outputs",
+    [
+        ("single_label", 3, {"logits", "probabilities", "label_id", "label"}),
+        ("multi_label", 3, {"logits", "probabilities", "label_id", "label", "predicted"}),
+        ("regression", 1, {"logits", "value"}),
+    ],
+)
+def test_outputs_follow_the_problem_type(problem_type, num_outputs, outputs, tiny_backbone, tokenizer):
+    model = build_classifier(tiny_backbone, MeanPoolingHead(num_outputs=num_outputs))
+    label_names = ["a", "b", "c"][:num_outputs]
+    in_graph = InGraphTokenizer.from_tokenizer(tokenizer, MAX_LENGTH)
+    module = ServingModule(model, in_graph, label_names, problem_type=problem_type, threshold=0.5)
+    served = module.serve_text(tf.constant(TEXTS))
+    assert set(served) == outputs
+    logits = served["logits"].numpy()
+    assert logits.shape == (len(TEXTS), num_outputs)
+    if problem_type == "regression":
+        np.testing.assert_allclose(served["value"].numpy(), logits[:, 0])
+        return
+    probabilities = served["probabilities"].numpy()
+    if problem_type == "single_label":
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    else:
+        np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-logits)), rtol=1e-5)
+        assert (served["predicted"].numpy() == (probabilities >= 0.5)).all()
+    assert served["label"].numpy().tolist() == [label_names[i].encode() for i in logits.argmax(axis=1)]
+
+
 def test_text_columns_must_be_text_or_a_pair(classifier, tokenizer):
     with pytest.raises(ValueError, match=r"text_columns must be \('text',\) or \('text', 'text_pair'\)"):
         ServingModule(classifier, InGraphTokenizer.from_tokenizer(tokenizer, 8), ["a", "b"], ["sentence"])
+    with pytest.raises(ValueError, match=r"problem_type must be one of .* got 'ranking'"):
+        ServingModule(classifier, InGraphTokenizer.from_tokenizer(tokenizer, 8), ["a", "b"], problem_type="ranking")
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from tfbert.classifier import INPUT_NAMES, build_classifier
 from tfbert.model_card import ModelCard
 from tfbert.preprocessing import TEXT_COLUMNS, InGraphTokenizer, load_tokenizer
 from tfbert.tasks import TaskData
+from tfbert.tasks.task_data import PROBLEM_TYPES
 
 EXPORT_KEYS = ("export_dir", "name", "version")
 
@@ -39,38 +40,62 @@ class ServingModule(tf.Module):
 
     `serving_default`: string `text` (batch,) [and `text_pair` (batch,)], tokenized in the graph.
     `serve_ids`: int32 `input_ids`, `attention_mask`, `token_type_ids` (batch, seq).
-    Outputs: `logits` and `probabilities` float32 (batch, classes), `label_id` int32
-    (batch,), `label` string (batch,).
+    Outputs, by problem type:
+        single_label: `logits`, `probabilities` (softmax) float32 (batch, classes),
+            `label_id` int32 (batch,), `label` string (batch,).
+        multi_label: the same with sigmoid `probabilities`, `label` the most probable
+            class, plus `predicted` bool (batch, classes): probabilities >= threshold.
+        regression: `logits` float32 (batch, 1) and `value` float32 (batch,).
 
     Args:
         model: the classifier (dict of int32 token tensors -> logits).
         tokenizer: the in-graph twin of the tokenizer the model was trained with.
-        label_names: class names in label-id order.
+        label_names: class names in label-id order (for regression, the target's name).
         text_columns: the string inputs of `serving_default`: ("text",) or ("text", "text_pair").
+        problem_type: `single_label`, `multi_label` or `regression`.
+        threshold: multi_label decision threshold on each class probability.
     """
 
-    def __init__(self, model: tf_keras.Model, tokenizer: InGraphTokenizer, label_names, text_columns=("text",)):
+    def __init__(
+        self,
+        model: tf_keras.Model,
+        tokenizer: InGraphTokenizer,
+        label_names,
+        text_columns=("text",),
+        problem_type: str = "single_label",
+        threshold: float = 0.5,
+    ):
         super().__init__()
         if tuple(text_columns) not in (TEXT_COLUMNS[:1], TEXT_COLUMNS):
             raise ValueError(f"text_columns must be ('text',) or ('text', 'text_pair'), got {text_columns!r}")
+        if problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {list(PROBLEM_TYPES)}, got {problem_type!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.label_names = tf.constant(list(label_names))
         self.text_columns = tuple(text_columns)
+        self.problem_type = problem_type
+        self.threshold = threshold
         self.serve_text = tf.function(
             self._serve_text,
             input_signature=[tf.TensorSpec([None], tf.string, name=name) for name in self.text_columns],
         )
 
     def _outputs(self, features: dict) -> dict:
-        logits = tf.cast(self.model(features, training=False), tf.float32)  # (batch, classes)
+        logits = tf.cast(self.model(features, training=False), tf.float32)  # (batch, outputs)
+        if self.problem_type == "regression":
+            return {"logits": logits, "value": logits[:, 0]}
+        probabilities = tf.nn.softmax(logits) if self.problem_type == "single_label" else tf.sigmoid(logits)
         label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)  # (batch,)
-        return {
+        outputs = {
             "logits": logits,
-            "probabilities": tf.nn.softmax(logits),
+            "probabilities": probabilities,
             "label_id": label_id,
             "label": tf.gather(self.label_names, label_id),
         }
+        if self.problem_type == "multi_label":
+            outputs["predicted"] = probabilities >= self.threshold  # (batch, classes)
+        return outputs
 
     def _serve_text(self, *texts):
         return self._outputs(self.tokenizer(*texts))
@@ -148,8 +173,8 @@ def export_classifier(
     Returns the version directory, e.g. `<run_dir>/export/sentiment/1`.
     """
     tokenizer = InGraphTokenizer.from_tokenizer(load_tokenizer(backbone_name), task.max_length)
-    text_columns = [name for name in TEXT_COLUMNS if name in task.splits["train"].column_names]
-    module = ServingModule(model, tokenizer, task.label_names, text_columns)
+    text_columns = TEXT_COLUMNS if task.has_pairs else TEXT_COLUMNS[:1]
+    module = ServingModule(model, tokenizer, task.label_names, text_columns, task.problem_type, task.threshold)
     card = ModelCard.describe(model, task, backbone_name, metrics)
     return (exporter or Exporter())(module, card, run_dir)
 
@@ -180,7 +205,7 @@ def export_run(run_dir: str | Path, **export_args) -> Path:
     exporter.version_dir(run_dir, task.name)  # a taken version fails now, not after loading the model
     # The architecture comes from the config; every weight comes from the checkpoint.
     backbone = instantiate(cfg.model, random_init=True)
-    model = build_classifier(backbone, instantiate(cfg.head)(num_outputs=len(task.label_names)))
+    model = build_classifier(backbone, instantiate(cfg.head)(num_outputs=task.num_outputs))
     model.load_weights(str(checkpoint)).assert_existing_objects_matched().expect_partial()
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None

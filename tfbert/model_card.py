@@ -7,6 +7,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfbert.heads import ClassificationHead
+from tfbert.predict import json_value
 from tfbert.tasks import TaskData
 
 EXAMPLE_TEXTS = ("A gripping, beautifully acted film.", "Dull, and far too long.")
@@ -19,7 +20,8 @@ class ModelCard:
 
     Args:
         task: task name.
-        label_names: class names in label-id order.
+        problem_type: `single_label`, `multi_label` or `regression`.
+        label_names: class names in label-id order (for regression, the target's name).
         backbone: the backbone's name or path and its size.
         head: the head's class and settings.
         max_length: longest token sequence; longer inputs are truncated.
@@ -27,6 +29,7 @@ class ModelCard:
     """
 
     task: str
+    problem_type: str
     label_names: tuple[str, ...]
     backbone: str
     head: str
@@ -40,6 +43,7 @@ class ModelCard:
         (config,) = [layer.config for layer in model.layers if hasattr(layer, "config")]
         return cls(
             task=task.name,
+            problem_type=task.problem_type,
             label_names=tuple(task.label_names),
             backbone=(
                 f"{backbone_name} ({config.model_type}, {config.num_hidden_layers} layers, "
@@ -60,12 +64,12 @@ class ModelCard:
             instances = [{"text": text, "text_pair": pair} for text, pair in zip(EXAMPLE_TEXTS, EXAMPLE_PAIRS)]
         outputs = serving(**{name: tf.constant(list(EXAMPLE_TEXTS if name == "text" else EXAMPLE_PAIRS)) for name in text_columns})
         predictions = [
-            {name: _json_value(value[row]) for name, value in outputs.items()} for row in range(len(instances))
+            {name: json_value(value[row].numpy()) for name, value in outputs.items()} for row in range(len(instances))
         ]
-        if self.metrics:
-            metrics = f"accuracy {self.metrics['accuracy']:.4f}, macro F1 {self.metrics['f1_macro']:.4f} ({self.metrics['examples']} test examples)"
-        else:
-            metrics = "not measured"
+        scores = {name: value for name, value in (self.metrics or {}).items() if isinstance(value, float)}
+        metrics = ", ".join(f"{name} {value:.4f}" for name, value in scores.items()) or "not measured"
+        if scores and "examples" in self.metrics:
+            metrics += f" ({self.metrics['examples']} test examples)"
         labels = ", ".join(f"{index} = {name}" for index, name in enumerate(self.label_names))
         signatures = "\n".join(
             f"- `{key}`: {_describe(function.structured_input_signature[1])} -> "
@@ -76,7 +80,7 @@ class ModelCard:
 
 | | |
 |---|---|
-| task | {self.task} |
+| task | {self.task} ({self.problem_type}) |
 | labels | {labels} |
 | backbone | {self.backbone} |
 | head | {self.head} |
@@ -122,14 +126,6 @@ outputs["label"], outputs["probabilities"]
 
 or `python -m tfbert.predict <this directory> "some text"`.
 """
-
-
-def _json_value(tensor: tf.Tensor):
-    """One row of an output as TF Serving's REST API writes it."""
-    value = tensor.numpy()
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return value.tolist()
 
 
 def _describe(specs: dict) -> str:

@@ -8,8 +8,9 @@ versions (`.../sentiment`: the highest is used). Inputs:
     .txt    one text per line (blank lines are empty texts, so lines and outputs align)
     .csv    a header row with a `text` column (and `text_pair` for pair models)
     .jsonl  one object per line with a `text` key (and `text_pair`)
-Prints `label<TAB>probability<TAB>text` per text; --output also writes one JSON object
-per line: text, label, label_id, probability (of that label) and all probabilities.
+Prints `label<TAB>probability<TAB>text` per text (`value<TAB>text` for regression);
+--output also writes one JSON object per line: the input texts, every output of the
+signature (label, label_id, probabilities, logits, ...) and `probability`, that of label.
 Any string gets a prediction: empty or whitespace-only texts are classified from
 [CLS] [SEP] alone, bytes that are not UTF-8 are dropped, long texts are truncated.
 """
@@ -86,24 +87,39 @@ def read_inputs(path: Path, columns: list[str]) -> dict[str, list[bytes]]:
 
 
 def predict(serving, inputs: dict[str, list[bytes]], batch_size: int = 32) -> list[dict]:
-    """One prediction per row of `inputs` (column -> texts), `batch_size` rows per model call."""
+    """One prediction per row of `inputs` (column -> texts), `batch_size` rows per model call.
+
+    Each prediction holds the input texts and every output of the signature for that row,
+    plus `probability`, the probability of `label`, when the model predicts labels.
+    """
     rows = len(next(iter(inputs.values())))
     if rows == 0:
         raise InvalidInput("no texts to classify: give texts as arguments or an --input file with at least one")
     predictions = []
     for start in range(0, rows, batch_size):
-        batch = {column: tf.constant(texts[start : start + batch_size], tf.string) for column, texts in inputs.items()}
-        outputs = {name: value.numpy() for name, value in serving(**batch).items()}
-        for row, label_id in enumerate(outputs["label_id"]):
-            probabilities = outputs["probabilities"][row]
-            predictions.append({
-                "text": inputs["text"][start + row].decode("utf-8", errors="replace"),
-                "label": outputs["label"][row].decode("utf-8"),
-                "label_id": int(label_id),
-                "probability": float(probabilities[label_id]),
-                "probabilities": probabilities.tolist(),
-            })
+        batch = {column: texts[start : start + batch_size] for column, texts in inputs.items()}
+        outputs = {name: value.numpy() for name, value in serving(**{
+            column: tf.constant(texts, tf.string) for column, texts in batch.items()
+        }).items()}
+        for row in range(len(batch["text"])):
+            prediction = {column: texts[row].decode("utf-8", errors="replace") for column, texts in batch.items()}
+            prediction.update({name: json_value(value[row]) for name, value in outputs.items()})
+            if "label_id" in prediction:
+                prediction["probability"] = prediction["probabilities"][prediction["label_id"]]
+            predictions.append(prediction)
     return predictions
+
+
+def json_value(value):
+    """A numpy row or scalar of a signature output as plain Python, as TF Serving's REST API writes it."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value.tolist()
+
+
+def _summary(prediction: dict) -> str:
+    """`label<TAB>probability` for classifiers, the value for regression."""
+    if "label" in prediction:
+        return f"{prediction['label']}\t{prediction['probability']:.4f}"
+    return f"{prediction['value']:.4f}"
 
 
 def main(argv: list[str]) -> None:
@@ -134,7 +150,7 @@ def main(argv: list[str]) -> None:
     except (InvalidInput, OSError) as error:
         parser.error(str(error))
     for prediction in predictions:
-        print(f"{prediction['label']}\t{prediction['probability']:.4f}\t{prediction['text'][:80]!r}")
+        print(f"{_summary(prediction)}\t{prediction['text'][:80]!r}")
     if arguments.output:
         lines = [json.dumps(prediction, ensure_ascii=False) + "\n" for prediction in predictions]
         arguments.output.write_text("".join(lines), encoding="utf-8")

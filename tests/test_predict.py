@@ -1,0 +1,143 @@
+"""The predict CLI: texts or files in, labels and probabilities out, from the SavedModel alone."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.test_export import MAX_LENGTH, classifier, export_dir, task  # noqa: F401  (fixtures)
+from tfbert.predict import find_saved_model, load_serving, main, predict
+
+
+@pytest.fixture(scope="module")
+def serving(export_dir):  # noqa: F811
+    return load_serving(export_dir)
+
+
+def run_cli(capsys, *argv) -> list[str]:
+    main([str(argument) for argument in argv])
+    return capsys.readouterr().out.splitlines()
+
+
+def test_texts_from_the_command_line(export_dir, serving, capsys):  # noqa: F811
+    texts = ["a wonderful, moving film", "dull and tedious"]
+    lines = run_cli(capsys, export_dir.parent, *texts)  # the model dir: its highest version is used
+    outputs = serving(text=tf.constant(texts))
+    expected = [
+        f"{label.decode()}\t{probabilities.max():.4f}\t{text!r}"
+        for label, probabilities, text in zip(outputs["label"].numpy(), outputs["probabilities"].numpy(), texts)
+    ]
+    assert lines == expected
+
+
+INPUT_FILES = {
+    "reviews.txt": "a wonderful film\ndull and tedious\n",
+    "reviews.csv": 'id,text\n1,a wonderful film\n2,"dull and tedious"\n',
+    "reviews.jsonl": '{"text": "a wonderful film", "id": 1}\n\n{"text": "dull and tedious"}\n',
+}
+
+
+@pytest.mark.parametrize("name", sorted(INPUT_FILES))
+def test_input_files_to_jsonl(name, export_dir, serving, capsys, tmp_path):  # noqa: F811
+    source = tmp_path / name
+    source.write_text(INPUT_FILES[name])
+    lines = run_cli(capsys, export_dir, "--input", source, "--output", tmp_path / "predictions.jsonl")
+    predictions = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [prediction["text"] for prediction in predictions] == ["a wonderful film", "dull and tedious"]
+    assert len(lines) == 2
+    outputs = serving(text=tf.constant(["a wonderful film", "dull and tedious"]))
+    for row, prediction in enumerate(predictions):
+        assert prediction["label"] == outputs["label"].numpy()[row].decode()
+        np.testing.assert_allclose(prediction["probabilities"], outputs["probabilities"].numpy()[row], atol=1e-6)
+        assert prediction["probability"] == max(prediction["probabilities"])
+        assert prediction["label"] in ("negative", "positive")
+
+
+def test_bad_texts_get_defined_predictions(serving, tmp_path, capsys, export_dir):  # noqa: F811
+    words = ["word"] * 50_000
+    lines = [b"", b"   \t ", b"caf\xe9 \xff\xfe ok", b"caf  ok", " ".join(words).encode(), " ".join(words[: MAX_LENGTH - 2]).encode()]
+    source = tmp_path / "bad.txt"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    output = tmp_path / "bad.jsonl"
+    printed = run_cli(capsys, export_dir, "--input", source, "--output", output)
+    predictions = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert len(printed) == len(predictions) == len(lines)
+    probabilities = np.array([prediction["probabilities"] for prediction in predictions])
+    assert np.isfinite(probabilities).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    empty, blank, broken, cleaned, huge, prefix = probabilities
+    np.testing.assert_allclose(blank, empty, atol=1e-6)  # both are [CLS] [SEP]
+    np.testing.assert_allclose(broken, cleaned, atol=1e-6)  # bytes that are not UTF-8 are dropped
+    np.testing.assert_allclose(huge, prefix, atol=1e-6)  # cut to max_length tokens
+    assert predictions[2]["text"] == "caf\ufffd \ufffd\ufffd ok"
+    assert len(predictions[4]["text"]) == len(" ".join(words)) > 100_000
+
+
+def test_non_utf8_command_line_bytes(export_dir, capsys):  # noqa: F811
+    lines = run_cli(capsys, export_dir, "ok \udcff\udcfe fine")  # how Python decodes invalid argv bytes
+    assert len(lines) == 1 and lines[0].split("\t")[0] in ("negative", "positive")
+
+
+def test_batches_do_not_change_predictions(serving):
+    texts = [text.encode() for text in ["short", "a much longer sentence with many more words in it", "", "mid length text"]]
+    one_batch = predict(serving, {"text": texts}, batch_size=32)
+    small_batches = predict(serving, {"text": texts}, batch_size=1)
+    for a, b in zip(one_batch, small_batches):
+        np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "content, suffix, message",
+    [
+        (None, None, "no texts to classify"),
+        ("", ".txt", "no texts to classify"),
+        ("id,review\n1,great\n", ".csv", r"no column \['text'\] in the header; found \['id', 'review'\]"),
+        ('{"text": "fine"}\nnot json\n', ".jsonl", "line 2: not JSON"),
+        ('{"text": 3}\n', ".jsonl", "line 1: expected an object with string keys"),
+        ("great\n", ".tsv", "unknown file type '.tsv'; valid: .txt, .csv, .jsonl"),
+    ],
+    ids=["no_arguments", "empty_file", "csv_without_text", "jsonl_not_json", "jsonl_number", "unknown_suffix"],
+)
+def test_unusable_input_is_a_clear_error(content, suffix, message, export_dir, tmp_path, capsys):  # noqa: F811
+    argv = [str(export_dir)]
+    if content is not None:
+        source = tmp_path / f"input{suffix}"
+        source.write_text(content)
+        argv += ["--input", str(source)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_find_saved_model_takes_the_highest_version(export_dir, tmp_path):  # noqa: F811
+    for version in ("2", "10"):
+        shutil.copytree(export_dir, tmp_path / version)
+    (tmp_path / "11").mkdir()  # no saved_model.pb: not a version
+    assert find_saved_model(tmp_path) == tmp_path / "10"
+    assert find_saved_model(tmp_path / "2") == tmp_path / "2"
+
+
+CLI_IMPORTS = """
+import sys
+from tfbert.predict import main
+main(sys.argv[1:])
+heavy = sorted(name for name in sys.modules if name.split(".")[0] == "transformers" or name.startswith("tfbert.") and name != "tfbert.predict" and name != "tfbert.env")
+print("heavy:", heavy)
+"""
+
+
+def test_cli_needs_no_transformers_nor_model_code(export_dir, tmp_path):  # noqa: F811
+    result = subprocess.run(
+        [sys.executable, "-c", CLI_IMPORTS, str(export_dir), "a wonderful film"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    label, probability, text = result.stdout.splitlines()[0].split("\t")
+    assert label in ("negative", "positive") and 0.5 <= float(probability) <= 1 and text == "'a wonderful film'"
+    assert result.stdout.splitlines()[-1] == "heavy: []"
