@@ -55,7 +55,7 @@ class Trainer:
 
     def __init__(
         self,
-        epochs: int = 3,
+        epochs: int = 2,
         monitor: str | None = None,
         jit_compile: bool = False,
         steps_per_execution: int = 1,
