@@ -1,4 +1,6 @@
+import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras
 
 from tfbert.optimization import create_adamw, warmup_linear_decay
@@ -32,3 +34,71 @@ def test_layer_norm_and_bias_are_not_decayed():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         create_adamw(**kwargs)
+
+
+def toy_variables():
+    """One equal weight per place a learning rate can differ: embeddings, layers 0-1, head."""
+    names = ["bert/embeddings/w", "bert/encoder/layer_._0/w", "bert/encoder/layer_._1/w", "head/logits/kernel"]
+    return {name: tf.Variable([1.0, -2.0], name=f"toy/{name}") for name in names}
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1], ids=["adam", "adamw"])
+def test_layer_decay_scales_each_layers_step(weight_decay):
+    variables = toy_variables()
+    optimizer = create_adamw(
+        num_train_steps=10, learning_rate=1e-2, warmup_ratio=0.0, weight_decay=weight_decay,
+        global_clipnorm=None, layer_decay=0.5, num_layers=2,
+    )
+    optimizer.apply_gradients([(tf.constant([0.3, 0.3]), variable) for variable in variables.values()])
+    step = {name.split("/")[-2]: 1.0 - variable.numpy()[0] for name, variable in variables.items()}
+    # The head learns at the full rate; layer i of 2 at 0.5^(2 - i), the embeddings at 0.5^3.
+    assert step["logits"] > 0
+    assert step == pytest.approx(
+        {"logits": step["logits"], "layer_._1": step["logits"] / 2, "layer_._0": step["logits"] / 4,
+         "embeddings": step["logits"] / 8},
+        rel=1e-4,
+    )
+    assert float(optimizer.learning_rate) == pytest.approx(1e-2)  # outside an update: the base rate
+
+
+def test_layer_decay_factors_of_a_real_bert(tiny_backbone):
+    optimizer = create_adamw(num_train_steps=10, layer_decay=0.9, num_layers=2)
+    scales = {variable.name: optimizer.learning_rate_scale(variable) for variable in tiny_backbone.variables}
+    assert scales["tf_bert_model/bert/embeddings/word_embeddings/weight:0"] == pytest.approx(0.9**3)
+    assert scales["tf_bert_model/bert/encoder/layer_._0/output/dense/kernel:0"] == pytest.approx(0.9**2)
+    assert scales["tf_bert_model/bert/encoder/layer_._1/attention/self/query/bias:0"] == pytest.approx(0.9)
+    assert scales["tf_bert_model/bert/pooler/dense/kernel:0"] == 1.0
+
+
+def test_layer_decay_trains_inside_fit():
+    from tests.conftest import MINILM, TINY_CONFIG
+    from tfbert.backbone import load_backbone
+    from tfbert.classifier import INPUT_NAMES, build_classifier
+    from tfbert.heads import ClsHead
+
+    model = build_classifier(load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG), ClsHead(2))
+    optimizer = create_adamw(num_train_steps=2, layer_decay=0.8, num_layers=2)
+    model.compile(optimizer, tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    tokens = {name: np.ones((4, 5), np.int32) for name in INPUT_NAMES}
+    history = model.fit(tokens, np.array([0, 1, 0, 1]), batch_size=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    clone = type(optimizer).from_config(optimizer.get_config())
+    assert (clone.layer_decay, clone.num_layers) == (0.8, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"layer_decay": 1.5, "num_layers": 2}, r"layer_decay must be in \(0, 1\] .* got 1.5"),
+        ({"layer_decay": 0.9}, "layer_decay needs num_layers.* got None"),
+    ],
+)
+def test_bad_layer_decay(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create_adamw(num_train_steps=10, **kwargs)
+
+
+def test_a_layer_beyond_num_layers_is_named():
+    optimizer = create_adamw(num_train_steps=10, layer_decay=0.9, num_layers=2)
+    with pytest.raises(ValueError, match="layer 2, but num_layers=2"):
+        optimizer.learning_rate_scale(tf.Variable(0.0, name="bert/encoder/layer_._2/w"))

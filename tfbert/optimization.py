@@ -1,10 +1,17 @@
-"""AdamW with linear warmup and linear decay to zero, as BERT was fine-tuned."""
+"""AdamW with linear warmup and linear decay to zero, as BERT was fine-tuned; optionally
+with layer-wise learning-rate decay (lower encoder layers learn more slowly)."""
+
+import re
+from contextlib import contextmanager
 
 import tf_keras
 from transformers.optimization_tf import WarmUp
 
 # LayerNorm scales/offsets and biases are not decayed (as in BERT).
 NO_WEIGHT_DECAY = ["LayerNorm", "layer_norm", "bias"]
+# Where TFBertModel keeps its variables: `.../bert/embeddings/...`, `.../bert/encoder/layer_._3/...`.
+EMBEDDINGS = re.compile(r"/embeddings/")
+ENCODER_LAYER = re.compile(r"/encoder/layer_\._(\d+)/")
 
 
 def create_adamw(
@@ -16,6 +23,8 @@ def create_adamw(
     beta_1: float = 0.9,
     beta_2: float = 0.999,
     epsilon: float = 1e-6,
+    layer_decay: float | None = None,
+    num_layers: int | None = None,
 ) -> tf_keras.optimizers.AdamW:
     """AdamW whose learning rate rises linearly for `warmup_ratio` of the steps, then falls to 0.
 
@@ -25,17 +34,102 @@ def create_adamw(
         weight_decay: decoupled weight decay, not applied to LayerNorm and biases.
         warmup_ratio: fraction of the steps spent warming up.
         global_clipnorm: clip gradients to this global norm (None: no clipping).
+        layer_decay: in (0, 1]: layer-wise learning-rate decay (see LayerDecayAdamW);
+            None: every variable learns at the same rate.
+        num_layers: the encoder's number of layers; needed with `layer_decay`.
     """
-    optimizer = tf_keras.optimizers.AdamW(
-        learning_rate=warmup_linear_decay(learning_rate, num_train_steps, warmup_ratio),
+    schedule = warmup_linear_decay(learning_rate, num_train_steps, warmup_ratio)
+    settings = dict(
+        learning_rate=schedule,
         weight_decay=weight_decay,
         beta_1=beta_1,
         beta_2=beta_2,
         epsilon=epsilon,
         global_clipnorm=global_clipnorm,
     )
+    if layer_decay is None:
+        optimizer = tf_keras.optimizers.AdamW(**settings)
+    else:
+        optimizer = LayerDecayAdamW(layer_decay=layer_decay, num_layers=num_layers, **settings)
     optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     return optimizer
+
+
+@tf_keras.saving.register_keras_serializable(package="tfbert")
+class LayerDecayAdamW(tf_keras.optimizers.AdamW):
+    """AdamW whose learning rate shrinks by `layer_decay` per layer down a BERT encoder.
+
+    Encoder layer i of L (variables under `.../encoder/layer_._{i}/`, i = 0 at the bottom)
+    learns at lr * layer_decay ** (L - i), the embeddings at lr * layer_decay ** (L + 1),
+    everything else (pooler, head) at lr.
+
+    Adam's step does not change when a gradient is scaled, so the factor scales the
+    learning rate itself: AdamW reads `learning_rate` once per variable, for its Adam
+    step and for its weight decay, and while it updates a variable that read returns the
+    variable's own rate. Read anywhere else (schedules, logs), it is the base rate.
+
+    Args:
+        layer_decay: the factor per layer, in (0, 1]; 1 is plain AdamW.
+        num_layers: the encoder's number of layers, L.
+        (others as tf_keras.optimizers.AdamW)
+    """
+
+    def __init__(self, layer_decay: float, num_layers: int, **kwargs):
+        if not 0 < layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1] (or null for none), got {layer_decay}")
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(
+                f"layer_decay needs num_layers, the encoder's number of layers (a positive "
+                f"integer), got {num_layers!r}"
+            )
+        super().__init__(**kwargs)
+        self.layer_decay = layer_decay
+        self.num_layers = num_layers
+        self._variable_scale = None  # the scale of the variable being updated, if any
+
+    def learning_rate_scale(self, variable) -> float:
+        """The factor on the base learning rate for `variable`, from its name."""
+        if EMBEDDINGS.search(variable.name):
+            return self.layer_decay ** (self.num_layers + 1)
+        layer = ENCODER_LAYER.search(variable.name)
+        if layer is None:
+            return 1.0
+        index = int(layer[1])
+        if index >= self.num_layers:
+            raise ValueError(
+                f"{variable.name} is in encoder layer {index}, but num_layers={self.num_layers}; "
+                "pass the encoder's number of layers (config.num_hidden_layers)"
+            )
+        return self.layer_decay ** (self.num_layers - index)
+
+    @property
+    def learning_rate(self):
+        rate = super().learning_rate
+        return rate if self._variable_scale is None else rate * self._variable_scale
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        tf_keras.optimizers.AdamW.learning_rate.fset(self, learning_rate)
+
+    @contextmanager
+    def _learning_rate_of(self, variable):
+        self._variable_scale = self.learning_rate_scale(variable)
+        try:
+            yield
+        finally:
+            self._variable_scale = None
+
+    def update_step(self, gradient, variable):
+        with self._learning_rate_of(variable):
+            super().update_step(gradient, variable)
+
+    def _apply_weight_decay(self, variables):
+        for variable in variables:
+            with self._learning_rate_of(variable):
+                super()._apply_weight_decay([variable])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "layer_decay": self.layer_decay, "num_layers": self.num_layers}
 
 
 def warmup_linear_decay(

@@ -52,7 +52,9 @@ def run(cfg: DictConfig) -> dict:
     backbone = instantiate(cfg.model)
     head = instantiate(cfg.head)(num_outputs=task.num_outputs)
     model = build_classifier(backbone, head)
-    optimizer = instantiate(cfg.optimizer)(num_train_steps=trainer.epochs * stats["batches"])
+    optimizer = instantiate(cfg.optimizer)(
+        num_train_steps=trainer.epochs * stats["batches"], num_layers=backbone.config.num_hidden_layers
+    )
     loss, train_metrics = loss_and_metrics(task.problem_type, task.threshold)
     insight = instantiate(cfg.insight)(
         run_dir=run_dir, backbone=backbone, head=head, tokenizer=preprocessor.tokenizer,
