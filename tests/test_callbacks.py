@@ -1,0 +1,112 @@
+"""Insight callbacks: a tiny run's TensorBoard event files hold every kind of summary."""
+
+import logging
+
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import compose_config
+from tfbert.callbacks import BestEpoch, duration, flat_hparams
+from tfbert.train import run
+
+EPOCHS = 2
+
+
+def tensor_summaries(log_dir) -> dict:
+    """tag -> (plugin name, number of events) of the tensor summaries in `log_dir`."""
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    return {
+        tag: (events.SummaryMetadata(tag).plugin_data.plugin_name, events.Tensors(tag))
+        for tag in events.Tags()["tensors"]
+    }
+
+
+@pytest.fixture(scope="module")
+def insight_run(snippets_file, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("insight_run")
+    cfg = compose_config(
+        "model=tiny", "head=mean", f"task.data_file={snippets_file}", f"trainer.epochs={EPOCHS}",
+        "pipeline.batch_size=32", "insight.max_examples=10", "insight.attention_maps=2", f"run_dir={run_dir}",
+    )
+    return run_dir, run(cfg)
+
+
+def test_hparams_and_best_epoch_metrics(insight_run):
+    run_dir, metrics = insight_run
+    summaries = tensor_summaries(run_dir / "tensorboard")
+    assert summaries["_hparams_/session_start_info"][0] == "hparams"
+    assert {"best/val_accuracy", "best/val_loss", "best/val_f1_macro"} <= set(summaries)
+    best_accuracy = float(tf.make_ndarray(summaries["best/val_accuracy"][1][0].tensor_proto))
+    assert best_accuracy == pytest.approx(metrics["validation"]["accuracy"], abs=1e-6)  # the restored epoch
+    assert metrics["train_seconds"] > 0
+
+
+def test_validation_insights_every_epoch(insight_run):
+    run_dir, _ = insight_run
+    summaries = tensor_summaries(run_dir / "tensorboard" / "validation_insights")
+    expected = {
+        "confusion_matrix": "images",
+        "attention_cls_last_layer": "images",
+        "pr_curve_negative/pr_curves": "pr_curves",
+        "pr_curve_positive/pr_curves": "pr_curves",
+        "misclassified": "text",
+    }
+    assert {tag: summaries[tag][0] for tag in expected} == expected
+    assert all(len(summaries[tag][1]) == EPOCHS for tag in expected)
+    attention = tf.make_ndarray(summaries["attention_cls_last_layer"][1][-1].tensor_proto)
+    assert len(attention) == 2 + 2  # width, height, then one PNG per attention map
+    table = tf.make_ndarray(summaries["misclassified"][1][-1].tensor_proto).item().decode()
+    assert "| text | true | predicted | probability |" in table or "classified correctly" in table
+
+
+def test_val_f1_macro_joins_keras_scalars(insight_run):
+    run_dir, metrics = insight_run
+    events = EventAccumulator(str(run_dir / "tensorboard" / "validation"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert len(events.Tensors("epoch_f1_macro")) == EPOCHS
+
+
+def test_projector_has_labelled_pooled_features(insight_run):
+    run_dir, _ = insight_run
+    projector = run_dir / "tensorboard" / "projector"
+    config = (projector / "projector_config.pbtxt").read_text()
+    assert 'metadata_path: "metadata.tsv"' in config
+    rows = (projector / "metadata.tsv").read_text().splitlines()
+    assert rows[0] == "text\tlabel\tpredicted" and len(rows) == 1 + 10
+    features = tf.train.load_variable(tf.train.latest_checkpoint(str(projector)), "embedding/.ATTRIBUTES/VARIABLE_VALUE")
+    assert features.shape == (10, 32)  # (examples, hidden): the mean head pools hidden states
+
+
+def test_progress_line_per_epoch(snippets_file, tmp_path, caplog):
+    cfg = compose_config(
+        "model=tiny", f"task.data_file={snippets_file}", "trainer.epochs=1", "insight.validation_insights=false",
+        "insight.hparams_dashboard=false", "task.max_train_samples=32", f"run_dir={tmp_path}",
+    )
+    with caplog.at_level(logging.INFO):
+        run(cfg)
+    (line,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("epoch ")]
+    assert "epoch 1/1" in line and "val_accuracy" in line and line.endswith("about 0s left")
+    summary = next(record.getMessage() for record in caplog.records if record.getMessage().startswith("results"))
+    assert "accuracy" in summary and str(tmp_path / "metrics.json") in summary
+    assert not (tmp_path / "tensorboard" / "validation_insights").exists()
+
+
+def test_best_epoch_follows_the_monitor():
+    accuracy = BestEpoch(None)
+    assert [accuracy.update({"val_accuracy": value, "val_loss": 1.0}) for value in (0.5, 0.7, 0.6)] == [True, True, False]
+    loss = BestEpoch("val_loss")
+    assert [loss.update({"val_loss": value}) for value in (0.5, 0.7, 0.4)] == [True, False, True]
+
+
+def test_flat_hparams_are_scalars():
+    hparams = flat_hparams(compose_config("head=cls", "optimizer.learning_rate=3e-5"))
+    assert hparams["head"] == "ClsHead" and hparams["optimizer.learning_rate"] == 3e-5
+    assert hparams["pipeline.batch_size"] == 32 and hparams["seed"] == 42
+    assert all(isinstance(value, (bool, int, float, str)) for value in hparams.values())
+
+
+@pytest.mark.parametrize("seconds, text", [(42.4, "42s"), (185, "3m05s"), (3725, "1h02m")])
+def test_duration(seconds, text):
+    assert duration(seconds) == text
