@@ -11,7 +11,7 @@ def main(cfg: DictConfig) -> float:
     from tfbert.train import run
 
     metrics = run(cfg)
-    return metrics["validation"]["accuracy"]
+    return metrics["validation"]["f1_macro"]  # what hparams_search=optuna maximizes
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+"""Sweep configs: the head comparison experiment and the Optuna hyperparameter search compose."""
+
+from hydra import compose, initialize_config_dir
+from hydra.types import RunMode
+
+from tests.conftest import ROOT
+
+
+def compose_with_hydra(*overrides: str):
+    """The composed config including its `hydra` node (sweeper, mode)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_compare_heads_sweeps_every_head_and_three_seeds():
+    cfg = compose_with_hydra("experiment=compare_heads")
+    assert cfg.hydra.mode == RunMode.MULTIRUN
+    assert cfg.hydra.sweeper.params == {"head": "pooler,cls,mean,max", "seed": "1,2,3"}
+    heads = {path.stem for path in (ROOT / "conf" / "head").glob("*.yaml")}
+    assert set(cfg.hydra.sweeper.params.head.split(",")) <= heads
+
+
+def test_optuna_search_maximizes_over_the_tuned_keys():
+    cfg = compose_with_hydra("hparams_search=optuna")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert cfg.hydra.mode == RunMode.MULTIRUN and sweeper.direction == "maximize"
+    assert set(sweeper.params) == {"optimizer.learning_rate", "pipeline.batch_size", "head", "head.dropout"}
+    # every tuned key exists in the run config, so each trial's overrides apply
+    assert cfg.optimizer.learning_rate and cfg.pipeline.batch_size and "dropout" in cfg.head
