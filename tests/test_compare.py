@@ -93,3 +93,12 @@ def test_dir_without_runs_says_what_was_expected(tmp_path, capsys):
 def test_unknown_group_key_lists_the_overrides(multirun_dir):
     with pytest.raises(NoRuns, match="overrides found: head, model, seed"):
         compare(multirun_dir, by=["dropout"])
+
+
+def test_runs_whose_overrides_hold_paths(tmp_path):
+    # Hydra names the run dir after its overrides, so a path override nests it.
+    for number, head in enumerate(["pooler", "mean"]):
+        fake_run(tmp_path, number, [f"head={head}", "task.data_file=/data/reviews.txt"], fake_metrics(0.8, 5.0))
+    assert (tmp_path / "0_head=pooler,task.data_file=" / "data").is_dir()
+    table = compare(tmp_path)["md"].read_text()
+    assert "| pooler | 1 | 0.8000 |" in table and "| mean | 1 | 0.8000 |" in table

@@ -57,10 +57,10 @@ def read_overrides(path: Path) -> dict[str, str]:
     return {override.key_or_group: override.get_value_element_as_str() for override in parsed}
 
 
-def job_number(path: Path) -> tuple:
+def job_number(name: str) -> tuple:
     """Sort key: Hydra's job number (the `<n>_` in `<n>_head=mean`), then the name."""
-    number = path.name.split("_", 1)[0]
-    return (int(number) if number.isdigit() else sys.maxsize, path.name)
+    number = name.split("_", 1)[0]
+    return (int(number) if number.isdigit() else sys.maxsize, name)
 
 
 def load_runs(multirun_dir: Path) -> list[Run]:
@@ -69,13 +69,14 @@ def load_runs(multirun_dir: Path) -> list[Run]:
     if not multirun_dir.is_dir():
         raise NoRuns(f"{multirun_dir} is not a directory; expected a multirun dir such as multirun/<date>_<time>")
     runs, unfinished = [], []
-    for overrides_file in multirun_dir.glob("*/.hydra/overrides.yaml"):
+    # `**`: an override holding a path (task.data_file=/a/b) puts slashes in the run dir's name.
+    for overrides_file in multirun_dir.glob("**/.hydra/overrides.yaml"):
         run_dir = overrides_file.parent.parent
         metrics_file = run_dir / "metrics.json"
         if metrics_file.is_file():
             runs.append(Run(run_dir, read_overrides(overrides_file), json.loads(metrics_file.read_text())))
         else:
-            unfinished.append(run_dir.name)
+            unfinished.append(str(run_dir.relative_to(multirun_dir)))
     if unfinished:
         log.warning("skipped %d runs without metrics.json (failed or still running): %s",
                     len(unfinished), ", ".join(sorted(unfinished)))
@@ -85,7 +86,7 @@ def load_runs(multirun_dir: Path) -> list[Run]:
             "each holding metrics.json and .hydra/overrides.yaml, as "
             "`python train.py -m head=pooler,cls,mean,max seed=1,2,3` writes them"
         )
-    return sorted(runs, key=lambda run: job_number(run.path))
+    return sorted(runs, key=lambda run: job_number(str(run.path.relative_to(multirun_dir))))
 
 
 def varying_overrides(runs: list[Run]) -> list[str]:
