@@ -54,7 +54,11 @@ class Pipeline:
             bucket_boundaries=self.bucket_boundaries,
             bucket_batch_sizes=[self.batch_size] * (len(self.bucket_boundaries) + 1),
         )
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        options = tf.data.Options()
+        # Under a multi-worker strategy each worker takes its share of every global batch
+        # (the examples are in memory, so there are no files to shard by).
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def stream_epochs(epoch_data: tf.data.Dataset, epochs: int, skip_batches: int = 0) -> tf.data.Dataset:
@@ -65,7 +69,8 @@ def stream_epochs(epoch_data: tf.data.Dataset, epochs: int, skip_batches: int = 
     exactly the batches an uninterrupted run would see from there on.
     """
     stream = tf.data.Dataset.range(epochs).flat_map(lambda _: epoch_data)
-    return stream.skip(skip_batches).prefetch(tf.data.AUTOTUNE)
+    # flat_map drops the options of epoch_data (e.g. its sharding policy): keep them.
+    return stream.skip(skip_batches).with_options(epoch_data.options()).prefetch(tf.data.AUTOTUNE)
 
 
 def _add_attention_mask(features, label):

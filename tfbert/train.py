@@ -4,6 +4,7 @@ import logging
 import time
 from pathlib import Path
 
+import tensorflow as tf
 import tf_keras
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from tfbert.callbacks import flat_hparams
 from tfbert.checkpoints import write_json
 from tfbert.classifier import build_classifier
+from tfbert.distribute import build_strategy, check_global_batch, worker_dir
 from tfbert.evaluation import evaluate
 from tfbert.objectives import loss_and_metrics
 from tfbert.export import export_classifier
@@ -23,13 +25,26 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train, evaluate and export as `cfg` says; returns the metrics written to metrics.json."""
+    """Train, evaluate and export as `cfg` says; returns the metrics written to metrics.json.
+
+    With trainer.strategy=multi_worker every worker runs this; only the chief keeps its
+    outputs in cfg.run_dir, the others' go to temporary dirs (see tfbert.distribute).
+    """
+    trainer = instantiate(cfg.trainer)  # first: it may switch on op determinism
+    # Before any other TensorFlow work: multi_worker configures the TensorFlow runtime.
+    strategy = build_strategy(trainer.strategy, trainer.tpu)
+    check_global_batch(cfg.pipeline.batch_size, strategy)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with worker_dir(run_dir, strategy) as output_dir:
+        return train_evaluate_export(cfg, trainer, strategy, output_dir)
+
+
+def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Strategy, run_dir: Path) -> dict:
+    """The body of run(): this process writes to `run_dir`; the model lives in `strategy`'s scope."""
     # What `python -m tfbert.export run_dir=...` rebuilds the model from.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     tf_keras.utils.set_random_seed(cfg.seed)
-    trainer = instantiate(cfg.trainer)  # first: it may switch on op determinism
 
     task: TaskData = instantiate(cfg.task)
     log.info("task %s (%s): %s", task.name, task.problem_type, task.summary()["sizes"])
@@ -49,32 +64,34 @@ def run(cfg: DictConfig) -> dict:
         stats["batches"], stats["padding_efficiency"],
     )
 
-    backbone = instantiate(cfg.model)
-    head = instantiate(cfg.head)(num_outputs=task.num_outputs)
-    model = build_classifier(backbone, head)
-    optimizer = instantiate(cfg.optimizer)(
-        num_train_steps=trainer.epochs * stats["batches"], num_layers=backbone.config.num_hidden_layers
-    )
-    loss, train_metrics = loss_and_metrics(task.problem_type, task.threshold)
-    insight = instantiate(cfg.insight)(
-        run_dir=run_dir, backbone=backbone, head=head, tokenizer=preprocessor.tokenizer,
-        validation=tokenized["validation"], label_names=task.label_names, problem_type=task.problem_type,
-        monitor=trainer.monitor, hparams=flat_hparams(cfg),
-    )
-    started = time.perf_counter()
-    trainer.fit(
-        model,
-        optimizer,
-        loss=loss,
-        metrics=train_metrics,
-        train_data=train_data,
-        steps_per_epoch=stats["batches"],
-        validation_data=validation_data,
-        run_dir=run_dir,
-        class_weight=task.class_weights(),
-        callbacks=insight,
-    )
-    train_seconds = time.perf_counter() - started
+    # The model, optimizer, metrics and checkpoints are created in the strategy's scope.
+    with strategy.scope():
+        backbone = instantiate(cfg.model)
+        head = instantiate(cfg.head)(num_outputs=task.num_outputs)
+        model = build_classifier(backbone, head)
+        optimizer = instantiate(cfg.optimizer)(
+            num_train_steps=trainer.epochs * stats["batches"], num_layers=backbone.config.num_hidden_layers
+        )
+        loss, train_metrics = loss_and_metrics(task.problem_type, task.threshold)
+        insight = instantiate(cfg.insight)(
+            run_dir=run_dir, backbone=backbone, head=head, tokenizer=preprocessor.tokenizer,
+            validation=tokenized["validation"], label_names=task.label_names, problem_type=task.problem_type,
+            monitor=trainer.monitor, hparams=flat_hparams(cfg),
+        )
+        started = time.perf_counter()
+        trainer.fit(
+            model,
+            optimizer,
+            loss=loss,
+            metrics=train_metrics,
+            train_data=train_data,
+            steps_per_epoch=stats["batches"],
+            validation_data=validation_data,
+            run_dir=run_dir,
+            class_weight=task.class_weights(),
+            callbacks=insight,
+        )
+        train_seconds = time.perf_counter() - started
 
     label_info = (task.label_names, task.problem_type, task.threshold)
     metrics = {

@@ -51,6 +51,11 @@ class Trainer:
             run_dir left one (crash, SIGTERM); `never` refuses to start over such a backup.
         backup_every_steps: how often the backup is refreshed.
         deterministic: TensorFlow op determinism (same seed, same machine: identical runs).
+        strategy: the tf.distribute strategy `tfbert.distribute.build_strategy` makes:
+            `default`, `one_device`, `mirrored`, `multi_worker` or `tpu`. The model must be
+            built in its scope; `pipeline.batch_size` is then the global batch.
+        tpu: for strategy `tpu`: None for a Cloud TPU VM's own TPU, else a TPU node's
+            name or grpc://host:port address.
     """
 
     def __init__(
@@ -63,6 +68,8 @@ class Trainer:
         resume: str = "auto",
         backup_every_steps: int = 100,
         deterministic: bool = False,
+        strategy: str = "default",
+        tpu: str | None = None,
     ):
         if epochs < 1:
             raise ValueError(f"epochs must be positive, got {epochs}")
@@ -80,6 +87,8 @@ class Trainer:
         self.resume = resume
         self.backup_every_steps = backup_every_steps
         self.deterministic = deterministic
+        self.strategy = strategy
+        self.tpu = tpu
         if deterministic:
             tf.config.experimental.enable_op_determinism()
 
