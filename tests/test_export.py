@@ -216,7 +216,7 @@ def test_text_columns_must_be_text_or_a_pair(classifier, tokenizer):
 
 @pytest.fixture(scope="module")
 def finished_run(snippets_file, tmp_path_factory):
-    """A run dir as tfbert.train.run leaves it: config.yaml, metrics.json, checkpoints/best."""
+    """A run dir as tfbert.train.run leaves it: config.yaml, metrics.json, the best checkpoint."""
     run_dir = tmp_path_factory.mktemp("finished_run")
     cfg = compose_config("model=tiny", "head=mean", f"task.data_file={snippets_file}", f"run_dir={run_dir}")
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -224,7 +224,8 @@ def finished_run(snippets_file, tmp_path_factory):
     from hydra.utils import instantiate
 
     model = build_classifier(instantiate(cfg.model), instantiate(cfg.head)(num_outputs=2))
-    model.save_weights(str(run_dir / "checkpoints" / "best"))
+    model.save_weights(str(run_dir / "checkpoints" / "best-0002"))
+    (run_dir / "checkpoints" / "best.json").write_text(json.dumps({"checkpoint": "best-0002", "epoch": 2}))
     return run_dir, model
 
 
@@ -249,9 +250,13 @@ def test_export_cli_rebuilds_the_trained_model(finished_run, tokenizer, capsys):
         ([], "run_dir is required"),
         (["run_dir=x", "export.nme=y"], r"unknown keys \['export.nme'\]"),
         (["run_dir=/nowhere"], "holds no config.yaml"),
+        ("no_checkpoint", "best.json does not exist"),
     ],
-    ids=["no_run_dir", "misspelt_key", "not_a_run_dir"],
+    ids=["no_run_dir", "misspelt_key", "not_a_run_dir", "no_checkpoint"],
 )
-def test_export_cli_errors_name_the_problem(argv, message):
+def test_export_cli_errors_name_the_problem(argv, message, tmp_path):
+    if argv == "no_checkpoint":
+        (tmp_path / "config.yaml").write_text("run_dir: x\n")
+        argv = [f"run_dir={tmp_path}"]
     with pytest.raises(SystemExit, match=message):
         main(argv)

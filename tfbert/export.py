@@ -9,7 +9,7 @@ server never sees half an export; an existing version is never overwritten. Serv
 the export needs tensorflow and tensorflow_text only (`import tensorflow_text` before
 `tf.saved_model.load`, to register the tokenizer ops).
 
-Re-export a finished run (its config.yaml and checkpoints/best):
+Re-export a finished run (its config.yaml and best checkpoint, checkpoints/best.json):
 
     python -m tfbert.export run_dir=outputs/... [export.name=sentiment] [export.version=2]
 """
@@ -26,6 +26,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tfbert.checkpoints import best_checkpoint
 from tfbert.classifier import INPUT_NAMES, build_classifier
 from tfbert.model_card import ModelCard
 from tfbert.preprocessing import TEXT_COLUMNS, InGraphTokenizer, load_tokenizer
@@ -196,9 +197,7 @@ def export_run(run_dir: str | Path, **export_args) -> Path:
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    checkpoint = run_dir / "checkpoints" / "best"
-    if not checkpoint.with_name("best.index").is_file():
-        raise FileNotFoundError(f"{run_dir} has no trained weights at {checkpoint} (.index/.data files)")
+    checkpoint = best_checkpoint(run_dir)
     task = instantiate(cfg.task)
     export_cfg = OmegaConf.merge({"_target_": f"{__name__}.Exporter"}, cfg.get("export") or {}, export_args)
     exporter = instantiate(export_cfg)
