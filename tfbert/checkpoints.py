@@ -31,10 +31,18 @@ def write_json(path: Path, payload: dict) -> None:
     """Write JSON atomically: a temporary file in the same directory, then a rename."""
     path = Path(path)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as partial:
-        partial.write(json.dumps(payload, indent=2) + "\n")
-        partial.flush()
-        os.fsync(partial.fileno())
-    os.replace(partial.name, path)
+        try:
+            partial.write(json.dumps(payload, indent=2) + "\n")
+            partial.flush()
+            os.fsync(partial.fileno())
+        except BaseException:
+            os.unlink(partial.name)
+            raise
+    try:
+        os.replace(partial.name, path)
+    except BaseException:
+        os.unlink(partial.name)
+        raise
 
 
 def best_checkpoint(run_dir: Path) -> Path:
@@ -73,7 +81,10 @@ class BestCheckpoint(tf_keras.callbacks.Callback):
         self.best = json.loads(pointer.read_text())["value"] if pointer.is_file() else None
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        if not math.isfinite(logs.get("loss", 0.0)):
+            return  # weights from a NaN/inf training step are never kept
         if value is None:
             raise KeyError(f"monitor {self.monitor!r} is not among the logged metrics {sorted(logs or {})}")
         if not math.isfinite(value) or (self.best is not None and not self.better(value, self.best)):
@@ -134,13 +145,11 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
 
 def backup_position(backup_dir: Path, steps_per_epoch: int) -> int:
     """Training batches already done according to a backup (0 when there is none)."""
-    latest = tf.train.latest_checkpoint(str(backup_dir))
+    latest = tf.train.latest_checkpoint(str(Path(backup_dir) / "chief"))  # BackupAndRestore's layout
     if latest is None:
         return 0
     verify_checkpoint(latest)
     reader = tf.train.load_checkpoint(latest)
-    names = reader.get_variable_to_shape_map()
-    epoch_key = next(name for name in names if "_ckpt_saved_epoch" in name)
-    batch_key = next(name for name in names if "_ckpt_saved_batch" in name)
-    epoch, batch = int(reader.get_tensor(epoch_key)), int(reader.get_tensor(batch_key))
+    epoch = int(reader.get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    batch = int(reader.get_tensor("ckpt_saved_batch/.ATTRIBUTES/VARIABLE_VALUE"))
     return epoch * steps_per_epoch + batch + 1

@@ -35,7 +35,10 @@ def run(cfg: DictConfig) -> dict:
     strategy = build_strategy(trainer.strategy, trainer.tpu)
     check_global_batch(cfg.pipeline.batch_size, strategy)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"tfbert: cannot create run_dir {run_dir}: {error.strerror}") from None
     with worker_dir(run_dir, strategy) as output_dir:
         return train_evaluate_export(cfg, trainer, strategy, output_dir)
 

@@ -1,0 +1,264 @@
+"""Fault injection: crash, preempt, poison and corrupt training runs; check nothing is lost.
+
+    python tests/faults.py          # runs every scenario, prints the table
+
+Each scenario returns a row: scenario, expected, observed, data lost. tests/test_faults.py
+runs the same scenarios and requires observed == expected and data lost == "none".
+Runs use the tiny random BERT with dropout off and op determinism on, so a resumed run
+must end with exactly the metrics of an uninterrupted one.
+"""
+
+import errno
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import write_snippets  # noqa: E402
+
+
+def train_args(data_file: Path, run_dir: Path) -> list[str]:
+    return [
+        sys.executable, "train.py", "model=tiny", "head=mean", "head.dropout=0",
+        "+model.config_overrides.hidden_dropout_prob=0", "+model.config_overrides.attention_probs_dropout_prob=0",
+        f"task.data_file={data_file}", "pipeline.batch_size=4", "trainer.epochs=2",
+        "trainer.backup_every_steps=5", "trainer.deterministic=true", "optimizer.learning_rate=1e-3",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def start(data_file, run_dir):
+    return subprocess.Popen(train_args(data_file, run_dir), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(data_file, run_dir) -> tuple[int, str]:
+    done = subprocess.run(train_args(data_file, run_dir), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stdout + done.stderr
+
+
+def interrupt_after_first_backup(data_file, run_dir, signum) -> tuple[int, str]:
+    process = start(data_file, run_dir)
+    deadline = time.time() + 300
+    # the checkpoint state file is written last: a backup is complete once it exists
+    while not (run_dir / "backup" / "chief" / "checkpoint").exists() and process.poll() is None:
+        if time.time() > deadline:
+            process.kill()
+            raise TimeoutError("no backup appeared within 300 s")
+        time.sleep(0.01)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=120)
+    return process.returncode, output
+
+
+def metrics(run_dir: Path) -> dict:
+    """The evaluation results of a run (not its timings)."""
+    results = json.loads((run_dir / "metrics.json").read_text())
+    return {split: results[split] for split in ("validation", "test")}
+
+
+class Workspace:
+    """A data file and a reference (uninterrupted) run shared by the scenarios."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.data_file = write_snippets(root / "snippets.txt", rows=240)
+        self._reference = None
+
+    def run_dir(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def reference(self) -> dict:
+        if self._reference is None:
+            code, output = finish(self.data_file, self.run_dir("reference"))
+            if code:
+                raise RuntimeError(f"reference run failed:\n{output[-2000:]}")
+            self._reference = metrics(self.run_dir("reference"))
+        return self._reference
+
+
+def row(scenario, expected, observed, lost):
+    return {"scenario": scenario, "expected": expected, "observed": observed, "data lost": lost}
+
+
+def interrupted_then_resumed(space: Workspace, signum, name: str) -> dict:
+    run_dir = space.run_dir(name)
+    code, output = interrupt_after_first_backup(space.data_file, run_dir, signum)
+    interrupted = f"exit {code}"
+    if signum == signal.SIGTERM and "stopped on SIGTERM" in output:
+        interrupted += ", backup saved"
+    code, output = finish(space.data_file, run_dir)
+    resumed = "resumed" if "resuming from" in output else "restarted"
+    same = code == 0 and metrics(run_dir) == space.reference
+    observed = f"{interrupted}; {resumed}; metrics {'identical' if same else 'differ'}"
+    expected_interrupt = "exit -9" if signum == signal.SIGKILL else "exit 1, backup saved"
+    return row(
+        f"{signal.Signals(signum).name} mid-epoch, rerun",
+        f"{expected_interrupt}; resumed; metrics identical",
+        observed,
+        "none" if same else "training progress or metrics",
+    )
+
+
+def nan_loss(space: Workspace) -> dict:
+    """The loss turns NaN at step 7: training stops; the step-5 backup stays finite."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+
+    from tests.conftest import compose_config
+    from tfbert.checkpoints import backup_position
+    from tfbert.trainer import NonFiniteLoss, Trainer
+    from tfbert.train import run
+
+    run_dir = space.run_dir("nan")
+    real_fit = Trainer.fit
+
+    def poisoned_fit(self, model, optimizer, loss, *args, **kwargs):
+        def poisoned(labels, logits):
+            value = loss(labels, logits)
+            return tf.where(optimizer.iterations >= 6, tf.constant(np.nan, value.dtype), value)
+
+        return real_fit(self, model, optimizer, poisoned, *args, **kwargs)
+
+    cfg = compose_config(*train_args(space.data_file, run_dir)[2:-1], f"run_dir={run_dir}")
+    message = ""
+    with mock.patch.object(Trainer, "fit", poisoned_fit):
+        try:
+            run(cfg)
+        except NonFiniteLoss as error:
+            message = str(error)
+    backup = tf.train.latest_checkpoint(str(run_dir / "backup" / "chief"))
+    finite = backup is not None and all(
+        np.isfinite(tf.train.load_checkpoint(backup).get_tensor(name)).all()
+        for name, dtype in tf.train.load_checkpoint(backup).get_variable_to_dtype_map().items()
+        if dtype.is_floating
+    )
+    position = backup_position(run_dir / "backup", steps_per_epoch=10**6) if backup else 0
+    observed = f"{'stopped at epoch 1, step 7' if 'epoch 1, step 7' in message else message or 'no error'}; "
+    observed += f"backup at step {position}, {'finite' if finite else 'NOT finite'}"
+    tf_keras.backend.clear_session()
+    return row("NaN loss at step 7", "stopped at epoch 1, step 7; backup at step 5, finite", observed,
+               "none" if finite and position == 5 and not (run_dir / "metrics.json").exists() else "backup")
+
+
+def corrupt_backup(space: Workspace) -> dict:
+    """A backup whose data file is damaged is refused, naming it, and left in place."""
+    run_dir = space.run_dir("corrupt")
+    interrupt_after_first_backup(space.data_file, run_dir, signal.SIGKILL)
+    (data,) = (run_dir / "backup").glob("**/*.data-*")
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 64] = b"\xff" * 64
+    data.write_bytes(bytes(raw))
+    code, output = finish(space.data_file, run_dir)
+    named = "is unreadable" in output and str(run_dir / "backup") in output
+    observed = f"exit {code}; {'refused, path named' if named else 'NOT refused'}"
+    return row("corrupted backup on resume", "exit 1; refused, path named", observed,
+               "none" if named and data.exists() else "backup silently used or deleted")
+
+
+def interrupted_best_write(space: Workspace) -> dict:
+    """Writing a new best checkpoint crashes half-way: the previous best stays readable."""
+    import tf_keras
+
+    from tfbert.checkpoints import BestCheckpoint, best_checkpoint, verify_checkpoint
+
+    directory = space.run_dir("best_write") / "checkpoints"
+    model = tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,))])
+    best = BestCheckpoint(directory, monitor="val_accuracy", mode="max")
+    best.set_model(model)
+    best.on_epoch_end(0, {"val_accuracy": 0.5})
+    first = best_checkpoint(directory.parent)
+
+    def crash(path, *args, **kwargs):
+        Path(path + ".index").write_bytes(b"half")  # a partial file, then the crash
+        raise OSError(errno.EIO, "simulated crash while writing", path)
+
+    with mock.patch.object(model, "save_weights", crash):
+        try:
+            best.on_epoch_end(1, {"val_accuracy": 0.9})
+        except OSError:
+            pass
+    kept = best_checkpoint(directory.parent)
+    verify_checkpoint(str(kept))
+    observed = "previous best kept and readable" if kept == first else f"pointer moved to {kept.name}"
+    return row("crash while writing a new best checkpoint", "previous best kept and readable", observed,
+               "none" if kept == first else "best checkpoint")
+
+
+def full_disk_metrics(space: Workspace) -> dict:
+    """The disk fills while metrics.json is replaced: the error names the path; the old file survives."""
+    from tfbert.checkpoints import write_json
+
+    path = space.run_dir("disk") / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"test": {"accuracy": 0.5}})
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    message = ""
+    with mock.patch("tfbert.checkpoints.os.replace", no_space):
+        try:
+            write_json(path, {"test": {"accuracy": 0.9}})
+        except OSError as error:
+            message = str(error)
+    intact = json.loads(path.read_text()) == {"test": {"accuracy": 0.5}}
+    leftovers = [p.name for p in path.parent.iterdir() if p.name != "metrics.json"]
+    observed = (f"{'error names the path' if str(path) in message else 'path not named'}; "
+                f"{'old file intact' if intact else 'old file damaged'}; "
+                f"{'no temporary files left' if not leftovers else f'left {leftovers}'}")
+    return row("disk full while writing metrics.json",
+               "error names the path; old file intact; no temporary files left",
+               observed, "none" if intact else "metrics.json")
+
+
+def unwritable_run_dir(space: Workspace) -> dict:
+    """A run_dir that cannot be created stops the run at once, naming the path."""
+    from tests.conftest import compose_config
+    from tfbert.train import run
+
+    blocker = space.root / "a_file"
+    blocker.write_text("not a directory")
+    run_dir = blocker / "run"
+    try:
+        run(compose_config("model=tiny", f"task.data_file={space.data_file}", f"run_dir={run_dir}"))
+        message = ""
+    except SystemExit as error:
+        message = str(error)
+    observed = "clear error naming the path" if f"cannot create run_dir {run_dir}" in message else message or "no error"
+    return row("run_dir cannot be created", "clear error naming the path", observed, "none")
+
+
+SCENARIOS = [
+    lambda space: interrupted_then_resumed(space, signal.SIGKILL, "sigkill"),
+    lambda space: interrupted_then_resumed(space, signal.SIGTERM, "sigterm"),
+    nan_loss,
+    corrupt_backup,
+    interrupted_best_write,
+    full_disk_metrics,
+    unwritable_run_dir,
+]
+
+
+def main():
+    with tempfile.TemporaryDirectory() as root:
+        space = Workspace(Path(root))
+        rows = [scenario(space) for scenario in SCENARIOS]
+    columns = ["scenario", "expected", "observed", "data lost"]
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for entry in rows:
+        print("| " + " | ".join(str(entry[column]) for column in columns) + " |")
+    return 0 if all(entry["data lost"] == "none" and entry["observed"] == entry["expected"] for entry in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
