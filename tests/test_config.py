@@ -3,8 +3,12 @@
 import subprocess
 import sys
 
+import inspect
+
+import hydra
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, compose_config
 
@@ -25,10 +29,26 @@ def test_every_head_builds(head):
     assert layer.num_outputs == 3 and layer.get_config()["dropout"] == 0.1
 
 
-def test_every_task_builds(snippets_file):
-    for task in GROUPS["task"]:
-        data = instantiate(compose_config(f"task={task}", f"task.data_file={snippets_file}").task)
-        assert len(data.label_names) >= 2 and len(data.splits["train"]) > 0
+@pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])
+def test_config_keys_are_constructor_arguments(group, option):
+    node = OmegaConf.to_container(compose_config(f"{group}={option}")[group], resolve=False)
+    target = hydra.utils.get_method(node.pop("_target_"))
+    node.pop("_partial_", None)
+    signature = inspect.signature(target.__init__ if inspect.isclass(target) else target)
+    signature.bind_partial(*([None] if inspect.isclass(target) else []), **node)  # raises on an unknown key
+
+
+@pytest.mark.parametrize("task, problem_type", [("sentiment", "single_label"), ("sentiment_valence", "regression")])
+def test_sentiment_tasks_build(task, problem_type, snippets_file):
+    data = instantiate(compose_config(f"task={task}", f"task.data_file={snippets_file}").task)
+    assert data.problem_type == problem_type and len(data.splits["train"]) > 0
+
+
+def test_files_task_builds(tmp_path):
+    rows = "\n".join(f"text {i},{'ab'[i % 2]}" for i in range(40))
+    (tmp_path / "train.csv").write_text("text,label\n" + rows)
+    data = instantiate(compose_config("task=files", f"task.train_file={tmp_path / 'train.csv'}").task)
+    assert data.label_names == ("a", "b")
 
 
 @pytest.mark.parametrize("model", ["tiny"])
