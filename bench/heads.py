@@ -24,7 +24,7 @@ RESULTS = ROOT / "bench" / "results"
 def run_one(head: str, seed: int, overrides: list[str]) -> dict:
     run_dir = ROOT / "outputs" / "bench_heads" / f"{head}_seed{seed}_{time.strftime('%Y%m%d-%H%M%S')}"
     command = [sys.executable, "train.py", "task=sentiment", f"head={head}", f"seed={seed}",
-               f"run_dir={run_dir}", *overrides]
+               f"hydra.run.dir={run_dir}", *overrides]
     print("$", " ".join(command[1:]), flush=True)
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
