@@ -26,6 +26,55 @@ def encoder_features(backbone: tf_keras.Model, tokens: dict, hidden_states: bool
     return features
 
 
+@tf_keras.saving.register_keras_serializable(package="tfbert")
+class Classifier(tf_keras.Model):
+    """A functional tf_keras.Model whose training step can accumulate gradients.
+
+    With `grad_accum_steps = n > 1` each batch's gradients are summed into
+    accumulators and their mean is applied once every n batches, so n batches of
+    size b train like one batch of n * b (the optimizer, and with it the learning-rate
+    schedule, counts applied steps). Set it before `compile`.
+    """
+
+    grad_accum_steps = 1
+
+    def train_step(self, data):
+        if self.grad_accum_steps == 1:
+            return super().train_step(data)
+        if not hasattr(self, "_accumulated"):
+            with tf.init_scope():
+                self._accumulated = [
+                    tf.Variable(tf.zeros_like(variable), trainable=False, name="accumulated_gradient")
+                    for variable in self.trainable_variables
+                ]
+                self._micro_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="micro_steps")
+        features, labels, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            outputs = self(features, training=True)
+            loss = self.compute_loss(features, labels, outputs, sample_weight)
+            # LossScaleOptimizer (mixed_float16) scales the loss; its gradients are unscaled below.
+            scaled = self.optimizer.get_scaled_loss(loss) if hasattr(self.optimizer, "get_scaled_loss") else loss
+        gradients = tape.gradient(scaled, self.trainable_variables)
+        if hasattr(self.optimizer, "get_unscaled_gradients"):
+            gradients = self.optimizer.get_unscaled_gradients(gradients)
+        for accumulator, gradient in zip(self._accumulated, gradients):
+            if gradient is not None:
+                accumulator.assign_add(tf.convert_to_tensor(gradient))
+        self._micro_steps.assign_add(1)
+
+        def apply():
+            self.optimizer.apply_gradients(
+                (accumulator / self.grad_accum_steps, variable)
+                for accumulator, variable in zip(self._accumulated, self.trainable_variables)
+            )
+            for accumulator in self._accumulated:
+                accumulator.assign(tf.zeros_like(accumulator))
+            return tf.constant(True)
+
+        tf.cond(self._micro_steps % self.grad_accum_steps == 0, apply, lambda: tf.constant(False))
+        return self.compute_metrics(features, labels, outputs, sample_weight)
+
+
 def build_classifier(backbone: tf_keras.Model, head: ClassificationHead) -> tf_keras.Model:
     """A functional model: dict of int32 (batch, seq) token tensors -> (batch, classes) logits."""
     inputs = {
@@ -35,4 +84,4 @@ def build_classifier(backbone: tf_keras.Model, head: ClassificationHead) -> tf_k
     backbone.bert.pooler.trainable = "pooler_output" in head.reads
     features = encoder_features(backbone, inputs, hidden_states="hidden_states" in head.reads)
     logits = head(features)
-    return tf_keras.Model(inputs, logits, name=f"bert_{head.name}")
+    return Classifier(inputs, logits, name=f"bert_{head.name}")

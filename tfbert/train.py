@@ -63,8 +63,8 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
     test_data = pipeline(tokenized["test"])
     stats = batch_stats(train_data)
     log.info(
-        "train batches: %d, padding efficiency %.3f (real tokens / padded tokens)",
-        stats["batches"], stats["padding_efficiency"],
+        "train batches: %d of %d distinct shapes, padding efficiency %.3f (real tokens / padded tokens)",
+        stats["batches"], stats["shapes"], stats["padding_efficiency"],
     )
 
     # The model, optimizer, metrics and checkpoints are created in the strategy's scope.
@@ -73,7 +73,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
         head = instantiate(cfg.head)(num_outputs=task.num_outputs)
         model = build_classifier(backbone, head)
         optimizer = instantiate(cfg.optimizer)(
-            num_train_steps=trainer.epochs * stats["batches"], num_layers=backbone.config.num_hidden_layers
+            num_train_steps=trainer.optimizer_steps(stats["batches"]), num_layers=backbone.config.num_hidden_layers
         )
         loss, train_metrics = loss_and_metrics(task.problem_type, task.threshold)
         insight = instantiate(cfg.insight)(
@@ -93,6 +93,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
             run_dir=run_dir,
             class_weight=task.class_weights(),
             callbacks=insight,
+            backup_dir=Path(cfg.run_dir) / "backup",  # shared by all workers, to resume them together
         )
         train_seconds = time.perf_counter() - started
 

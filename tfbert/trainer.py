@@ -13,6 +13,7 @@ from tfbert.pipeline import stream_epochs
 
 log = logging.getLogger(__name__)
 RESUME = ("auto", "never")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -56,6 +57,11 @@ class Trainer:
             built in its scope; `pipeline.batch_size` is then the global batch.
         tpu: for strategy `tpu`: None for a Cloud TPU VM's own TPU, else a TPU node's
             name or grpc://host:port address.
+        precision: `float32`, `mixed_float16` (GPUs; with dynamic loss scaling) or
+            `mixed_bfloat16` (TPUs, recent CPUs/GPUs). Logits and loss stay float32.
+        grad_accum_steps: apply the mean gradient of this many batches at once (a
+            larger effective batch without the memory; see tfbert.classifier.Classifier).
+        profile_steps: `[first, last]` training steps to trace for TensorBoard's profiler.
     """
 
     def __init__(
@@ -70,6 +76,9 @@ class Trainer:
         deterministic: bool = False,
         strategy: str = "default",
         tpu: str | None = None,
+        precision: str = "float32",
+        grad_accum_steps: int = 1,
+        profile_steps: list[int] | None = None,
     ):
         if epochs < 1:
             raise ValueError(f"epochs must be positive, got {epochs}")
@@ -77,6 +86,12 @@ class Trainer:
             raise ValueError(f"monitor must name a validation metric such as val_accuracy, got {monitor!r}")
         if resume not in RESUME:
             raise ValueError(f"resume must be one of {list(RESUME)}, got {resume!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        if grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be positive, got {grad_accum_steps}")
+        if profile_steps is not None and (len(profile_steps) != 2 or not 0 < profile_steps[0] <= profile_steps[1]):
+            raise ValueError(f"profile_steps must be [first, last] with 0 < first <= last, got {profile_steps}")
         if backup_every_steps < 1:
             raise ValueError(f"backup_every_steps must be positive, got {backup_every_steps}")
         self.epochs = epochs
@@ -89,8 +104,17 @@ class Trainer:
         self.deterministic = deterministic
         self.strategy = strategy
         self.tpu = tpu
+        self.precision = precision
+        self.grad_accum_steps = grad_accum_steps
+        self.profile_steps = profile_steps
         if deterministic:
             tf.config.experimental.enable_op_determinism()
+        # Layers take the global policy when built, so it is set before any model exists.
+        tf_keras.mixed_precision.set_global_policy(precision)
+
+    def optimizer_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer updates over the whole run (what the learning-rate schedule spans)."""
+        return math.ceil(self.epochs * steps_per_epoch / self.grad_accum_steps)
 
     def fit(
         self,
@@ -104,16 +128,18 @@ class Trainer:
         run_dir: Path,
         callbacks: list = (),
         class_weight: dict[int, float] | None = None,
+        backup_dir: Path | None = None,
     ) -> tf_keras.callbacks.History:
         """Train; afterwards `model` holds the weights of the best validation epoch.
 
         `train_data` is one epoch of `steps_per_epoch` batches; `loss` and `metrics` fit
         the task's problem type; `callbacks` run before the trainer's own; `class_weight`
-        weights each class id's loss. Raises Preempted after saving a backup on SIGTERM,
+        weights each class id's loss; `backup_dir` (default `<run_dir>/backup`) must be
+        the same for every worker of a multi-worker run. Raises Preempted after saving a backup on SIGTERM,
         and NonFiniteLoss when the loss becomes NaN/inf (no checkpoint is written from it).
         """
         run_dir = Path(run_dir)
-        backup_dir = run_dir / "backup"
+        backup_dir = Path(backup_dir or run_dir / "backup")
         done = backup_position(backup_dir, steps_per_epoch)  # verifies the backup, if any
         if done and self.resume == "never":
             raise FileExistsError(
@@ -123,6 +149,7 @@ class Trainer:
         if done:
             log.info("resuming from %s: epoch %d, step %d", backup_dir, done // steps_per_epoch + 1,
                      done % steps_per_epoch)
+        model.grad_accum_steps = self.grad_accum_steps
         model.compile(
             optimizer=optimizer,
             loss=loss,
@@ -147,7 +174,9 @@ class Trainer:
                 backup,
                 BestCheckpoint(run_dir / "checkpoints", monitor, mode),
                 tf_keras.callbacks.TensorBoard(
-                    log_dir=str(run_dir / "tensorboard"), update_freq=self.tensorboard_update_freq
+                    log_dir=str(run_dir / "tensorboard"),
+                    update_freq=self.tensorboard_update_freq,
+                    profile_batch=tuple(self.profile_steps) if self.profile_steps else 0,
                 ),
             ],
             class_weight=class_weight,

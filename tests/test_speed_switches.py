@@ -1,0 +1,109 @@
+"""Speed switches: gradient accumulation, mixed precision, XLA-friendly shapes, profiling."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from tests.conftest import MINILM, TINY_CONFIG
+from tfbert.backbone import load_backbone
+from tfbert.classifier import build_classifier
+from tfbert.heads import MeanPoolingHead
+from tfbert.pipeline import Pipeline, batch_stats
+from tfbert.trainer import Trainer
+
+NO_DROPOUT = {**TINY_CONFIG, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def tiny_classifier(seed=0):
+    tf_keras.utils.set_random_seed(seed)
+    backbone = load_backbone(MINILM, random_init=True, config_overrides=NO_DROPOUT)
+    return build_classifier(backbone, MeanPoolingHead(num_outputs=2, dropout=0.0))
+
+
+def batches(count, size, seed=1):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 2000, size=(count * size, 12)).astype(np.int32)
+    features = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    labels = rng.integers(0, 2, size=count * size).astype(np.int32)
+    return tf.data.Dataset.from_tensor_slices((features, labels)).batch(size)
+
+
+def train_once(model, data, grad_accum_steps):
+    model.grad_accum_steps = grad_accum_steps
+    model.compile(tf_keras.optimizers.SGD(0.5), tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(data, epochs=1, verbose=0)
+    return model.get_weights(), int(model.optimizer.iterations)
+
+
+def test_gradient_accumulation_equals_the_larger_batch():
+    accumulated, accumulated_steps = train_once(tiny_classifier(), batches(4, 4), grad_accum_steps=2)
+    large, large_steps = train_once(tiny_classifier(), batches(2, 8), grad_accum_steps=1)
+    assert accumulated_steps == large_steps == 2
+    for a, b in zip(accumulated, large):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_keeps_logits_and_loss_float32(precision):
+    Trainer(precision=precision)
+    try:
+        model = tiny_classifier()
+        assert model.get_layer(index=-1).output_layer.dtype_policy.name == "float32"
+        assert model.layers[3].compute_dtype == precision.split("_")[1]  # the encoder computes in 16 bits
+        model.compile(tf_keras.optimizers.Adam(1e-3), tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        if precision == "mixed_float16":
+            assert isinstance(model.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+        history = model.fit(batches(2, 4), epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+        features, _ = next(iter(batches(1, 4)))
+        assert model(features).dtype == tf.float32
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+
+
+def test_bucket_boundary_padding_bounds_the_number_of_shapes():
+    import datasets
+
+    lengths = np.random.default_rng(0).integers(3, 60, size=400)
+    split = datasets.Dataset.from_dict({
+        "input_ids": [[101] * int(n) for n in lengths],
+        "token_type_ids": [[0] * int(n) for n in lengths],
+        "label": [0] * len(lengths),
+    })
+    dynamic = batch_stats(Pipeline(16, [16, 32, 48])(split))
+    bucketed = batch_stats(Pipeline(16, [16, 32, 48], pad_to_bucket_boundary=True)(split))
+    assert bucketed["shapes"] <= 2 * 4 < dynamic["shapes"]  # full + last batch per bucket
+    assert bucketed["real_tokens"] == dynamic["real_tokens"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"precision": "float8"}, "precision must be one of"),
+        ({"grad_accum_steps": 0}, "grad_accum_steps must be positive"),
+        ({"profile_steps": [5, 2]}, "profile_steps must be"),
+    ],
+)
+def test_bad_switches(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(**kwargs)
+
+
+def test_optimizer_steps_follow_accumulation():
+    assert Trainer(epochs=2, grad_accum_steps=4).optimizer_steps(10) == 5
+
+
+def test_xla_run_with_profile_trace(snippets_file, tmp_path):
+    from tests.conftest import compose_config
+    from tfbert.train import run
+
+    cfg = compose_config(
+        "model=tiny", f"task.data_file={snippets_file}", "trainer.epochs=1", "trainer.jit_compile=true",
+        "trainer.profile_steps=[2,3]", "insight.validation_insights=false", "pipeline.bucket_boundaries=[64]",
+        f"run_dir={tmp_path}",
+    )
+    assert cfg.pipeline.pad_to_bucket_boundary is True  # follows trainer.jit_compile
+    metrics = run(cfg)
+    assert 0 <= metrics["test"]["accuracy"] <= 1
+    assert list((tmp_path / "tensorboard").glob("**/*.xplane.pb"))  # the profiler trace
