@@ -1,0 +1,70 @@
+"""Own data end to end on the tiny model: files -> train -> evaluate -> export -> predict CLI."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, compose_config
+from tfbert.train import run
+
+TOPICS = {"sports": "goal match team", "politics": "vote senate law", "science": "atom cell lab"}
+
+
+@pytest.fixture(scope="module")
+def three_class_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("three_class")
+    names = list(TOPICS)
+    rows = [(f"{TOPICS[names[i % 3]]} number {i}", names[i % 3]) for i in range(90)]
+    pd.DataFrame(rows, columns=["body", "team"]).to_csv(root / "train.csv", index=False)
+    cfg = compose_config(
+        "model=tiny", "task=files", f"task.train_file={root / 'train.csv'}", "task.text_column=body",
+        "task.label_column=team", "trainer.epochs=1", "pipeline.batch_size=16", f"run_dir={root / 'run'}",
+    )
+    return root / "run", run(cfg)
+
+
+@pytest.fixture(scope="module")
+def multi_label_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multi_label")
+    lines = []
+    for i in range(90):
+        tags = [name for j, name in enumerate(TOPICS) if (i >> j) & 1]
+        lines.append(json.dumps({"text": " ".join(TOPICS[t] for t in tags) or f"nothing {i}", "tags": tags}))
+    (root / "train.jsonl").write_text("\n".join(lines))
+    cfg = compose_config(
+        "model=tiny", "task=files", f"task.train_file={root / 'train.jsonl'}", "task.label_column=tags",
+        "task.problem_type=multi_label", "trainer.epochs=1", "pipeline.batch_size=16", f"run_dir={root / 'run'}",
+    )
+    return root / "run", run(cfg)
+
+
+def predict_cli(export, *texts):
+    result = subprocess.run(
+        [sys.executable, "-m", "tfbert.predict", str(export), *texts, "--output", str(export.parent / "preds.jsonl")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [json.loads(line) for line in (export.parent / "preds.jsonl").read_text().splitlines()]
+
+
+def test_three_classes(three_class_run):
+    run_dir, metrics = three_class_run
+    task = json.loads((run_dir / "task.json").read_text())
+    assert task["label_names"] == ["politics", "science", "sports"] and task["problem_type"] == "single_label"
+    assert "carved from train" in task["provenance"]["test"]
+    assert len(metrics["test"]["confusion_matrix"]) == 3
+    predictions = predict_cli(run_dir / "export" / "files", "vote senate law", "goal match team")
+    assert [p["label"] in task["label_names"] for p in predictions] == [True, True]
+    assert all(len(p["probabilities"]) == 3 for p in predictions)
+
+
+def test_multi_label(multi_label_run):
+    run_dir, metrics = multi_label_run
+    assert set(metrics["test"]) >= {"f1_micro", "f1_macro", "subset_accuracy", "per_class"}
+    predictions = predict_cli(run_dir / "export" / "files", "atom cell lab and vote senate law")
+    (prediction,) = predictions
+    assert len(prediction["probabilities"]) == 3 and all(0 <= p <= 1 for p in prediction["probabilities"])
+    assert "predicted" in prediction
