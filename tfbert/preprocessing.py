@@ -7,10 +7,11 @@ from the same tokenizer's vocabulary and settings.
 
 import logging
 import os
-import time
+from pathlib import Path
 
 import datasets
 import tensorflow as tf
+from datasets.fingerprint import Hasher
 import tensorflow_text as tf_text
 from transformers import AutoTokenizer, BertTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
 
@@ -49,21 +50,22 @@ class Preprocessor:
         )
         return {"input_ids": encoded["input_ids"], "token_type_ids": encoded["token_type_ids"]}
 
-    def __call__(self, splits: datasets.DatasetDict) -> datasets.DatasetDict:
+    def __call__(self, splits: datasets.DatasetDict, cache_dir: str | None = None) -> datasets.DatasetDict:
         """The splits with token-id columns added (text columns kept for reports).
 
-        Splits read from files are backed by `datasets`' Arrow cache, so a second run
-        with the same data and tokenizer loads the token ids instead of tokenizing.
+        Token ids are cached under `cache_dir` (default: datasets' cache), keyed by each
+        split's content fingerprint and this preprocessor (tokenizer and max_length), so
+        a second run on the same data and tokenizer loads them instead of tokenizing.
         """
-        started = time.time()
-        tokenized = splits.map(self._encode, batched=True, batch_size=1000, desc="Tokenizing")
-        cache_files = [entry["filename"] for split in tokenized.values() for entry in split.cache_files]
-        if not cache_files:
-            log.info("tokenized %d examples in memory", sum(map(len, tokenized.values())))
-        elif all(os.path.getmtime(name) < started for name in cache_files):
-            log.info("token ids loaded from the datasets cache (%s)", os.path.dirname(cache_files[0]))
-        else:
-            log.info("tokenized and cached in %s", os.path.dirname(cache_files[0]))
+        directory = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "tfbert_tokens"
+        directory.mkdir(parents=True, exist_ok=True)
+        key = Hasher.hash(self._encode)
+        files = {name: str(directory / f"{split._fingerprint}-{key}.arrow") for name, split in splits.items()}
+        cached = all(os.path.exists(path) for path in files.values())
+        tokenized = splits.map(
+            self._encode, batched=True, batch_size=1000, desc="Tokenizing", cache_file_names=files
+        )
+        log.info("token ids %s %s", "loaded from the cache in" if cached else "computed and cached in", directory)
         return tokenized
 
     def count_truncated(self, tokenized: datasets.Dataset) -> int:
