@@ -1,5 +1,6 @@
 import re
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -33,7 +34,20 @@ def test_minilm_weights_are_the_pretrained_ones(minilm, tokenizer):
     assert a @ b > 0.85
     assert a @ unrelated < 0.3
     assert minilm.config.num_hidden_layers == 6 and minilm.config.hidden_size == 384
-    assert "torch" not in sys.modules  # PyTorch safetensors were read without torch
+
+
+@pytest.mark.slow
+def test_pytorch_safetensors_load_without_torch():
+    # torch may be installed (the bench extra); block its import to prove it is not needed
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import tfbert\n"
+        "from tfbert.backbone import load_backbone\n"
+        f"print(load_backbone({MINILM!r}).config.hidden_size)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("384")
 
 
 @pytest.mark.slow
