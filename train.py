@@ -10,8 +10,9 @@ import tfbert  # noqa: F401  (checks the environment before anything heavy is im
 def main(cfg: DictConfig) -> float:
     from tfbert.train import run
 
-    metrics = run(cfg)
-    return metrics["validation"]["f1_macro"]  # what hparams_search=optuna maximizes
+    validation = run(cfg)["validation"]
+    # What hparams_search=optuna maximizes: macro F1, or Pearson r for regression tasks.
+    return validation["f1_macro"] if "f1_macro" in validation else validation["pearson"]
 
 
 if __name__ == "__main__":
