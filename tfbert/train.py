@@ -63,7 +63,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
     test_data = pipeline(tokenized["test"])
     stats = batch_stats(train_data)
     log.info(
-        "train batches: %d of %d distinct shapes, padding efficiency %.3f (real tokens / padded tokens)",
+        "train batches: %d (%d distinct shapes), padding efficiency %.3f (real tokens / padded tokens)",
         stats["batches"], stats["shapes"], stats["padding_efficiency"],
     )
 
