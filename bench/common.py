@@ -10,6 +10,7 @@ record the load average before and after the runs.
 """
 
 import importlib.metadata
+import argparse
 import json
 import os
 import platform
@@ -93,6 +94,18 @@ def machine_line(info: dict) -> str:
     start, end = (", ".join(f"{value:.2f}" for value in info[key]) for key in ("load_average_at_start", "load_average_at_end"))
     return (f"Machine: {info['cpu']}, {info['cores']} cores, load average (1, 5, 15 min) at start {start}, "
             f"at end {end}; tensorflow {info['tensorflow']}, transformers {info['transformers']}, torch {info['torch']}.")
+
+
+def report_footer(report: dict) -> list[str]:
+    """The closing markdown lines of a results table: the machine, then the exact command."""
+    return ["", machine_line(report["machine"]), "", f"Command: `{report['command']}`"]
+
+
+def add_worker_arguments(parser, workers) -> None:
+    """The arguments both benchmarks share: thread count, and the hidden worker-process ones."""
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every framework (default: all cores)")
+    parser.add_argument("--worker", choices=workers, help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
 
 
 def load_average_at_end(info: dict) -> dict:

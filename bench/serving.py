@@ -30,7 +30,6 @@ pip install torch==2.13.0 (the `bench` extra).
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 
 from common import (
-    load_average_at_end, load_tensorflow, machine_info, machine_line, peak_rss_mb, require_torch, run_worker, write_results,
+    load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, report_footer, peak_rss_mb, require_torch, run_worker, write_results,
 )
 
 BATCH_SIZE = 32
@@ -200,10 +199,7 @@ def markdown(report: dict) -> str:
         f"| {'yes' if ratios['throughput_met'] else 'no'} |",
         f"| batch-1 p50 latency | {ratios['p50_latency_ratio']:.2f}x | <= {TARGETS['p50_latency_ratio']}x "
         f"| {'yes' if ratios['p50_latency_met'] else 'no'} |",
-        "",
-        machine_line(report["machine"]),
-        "",
-        f"Command: `{report['command']}`",
+        *report_footer(report),
     ]
     return "\n".join(lines) + "\n"
 
@@ -215,9 +211,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer sentences and calls: a check in minutes")
     parser.add_argument("--sentences", type=int, help="sentences for the throughput (default 2048; 256 with --quick)")
     parser.add_argument("--latency-calls", type=int, help="batch-1 calls for the latency (default 300; 40 with --quick)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every framework (default: all cores)")
-    parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
-    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    add_worker_arguments(parser, WORKERS)
     parser.add_argument("--pytorch-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.export = args.export.resolve()

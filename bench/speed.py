@@ -45,13 +45,12 @@ installed: pip install torch==2.13.0 (the `bench` extra).
 import argparse
 import importlib.util
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from common import (
-    ROOT, load_average_at_end, load_tensorflow, machine_info, machine_line, peak_rss_mb, require_torch, run_worker,
+    ROOT, load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, report_footer, peak_rss_mb, require_torch, run_worker,
     write_results,
 )
 
@@ -381,10 +380,7 @@ def markdown(report: dict) -> str:
             ", ".join(f"{size}: {rate:.1f}" for size, rate in run["gflops_by_size"].items())
             for run in report["matmul_runs"]
         ) + ".",
-        "",
-        machine_line(report["machine"]),
-        "",
-        f"Command: `{report['command']}`",
+        *report_footer(report),
     ]
     return "\n".join(lines) + "\n"
 
@@ -395,11 +391,9 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, help="timed training steps per system (default 200; 10 with --quick)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 10; 2 with --quick)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every framework (default: all cores)")
+    add_worker_arguments(parser, WORKERS)
     parser.add_argument("--matmul-sizes", type=int, nargs="+", help="square matmul sizes (default 1024 2048 3072 4096)")
     parser.add_argument("--matmul-seconds", type=float, default=3.0, help="time per matmul size")
-    parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
-    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the tfbert run, e.g. trainer.jit_compile=true")
     args = parser.parse_args(argv)
     args.steps = args.steps or (10 if args.quick else 200)
