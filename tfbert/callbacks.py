@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from tfbert.classifier import INPUT_NAMES, encoder_features
 from tfbert.figures import attention_figure, confusion_matrix_figure, png_bytes
 from tfbert.heads import ClassificationHead
+from tfbert.objectives import checkpoint_monitor, lower_is_better
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,7 @@ class BestEpoch:
     """Tracks which epoch is best by a validation metric, as Trainer's checkpoint picks it.
 
     Args:
-        monitor: e.g. `val_accuracy`; None: val_accuracy when the epoch logs have it,
-            else val_loss (Trainer's default). Lower is better for losses and errors.
+        monitor: e.g. `val_accuracy`; None: Trainer's default (objectives.checkpoint_monitor).
     """
 
     def __init__(self, monitor: str | None):
@@ -68,12 +68,11 @@ class BestEpoch:
 
     def update(self, logs: dict) -> bool:
         """Whether the epoch with these logs is the best so far."""
-        monitor = self.monitor or ("val_accuracy" if "val_accuracy" in logs else "val_loss")
+        monitor = checkpoint_monitor(self.monitor, logs)
         value = logs.get(monitor)
         if value is None:
             return False
-        lower_is_better = monitor.endswith(("loss", "mae", "mse"))
-        if self.best is None or (value < self.best if lower_is_better else value > self.best):
+        if self.best is None or (value < self.best if lower_is_better(monitor) else value > self.best):
             self.best = value
             return True
         return False

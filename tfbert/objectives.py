@@ -1,6 +1,7 @@
 """Loss and training metrics that follow from a task's problem type."""
 
 import math
+from collections.abc import Iterable
 
 import tf_keras
 
@@ -26,3 +27,17 @@ def loss_and_metrics(problem_type: str, threshold: float = 0.5) -> tuple[tf_kera
     if problem_type == "regression":
         return tf_keras.losses.MeanSquaredError(), [tf_keras.metrics.MeanAbsoluteError(name="mae")]
     raise ValueError(f"problem_type must be single_label, multi_label or regression, got {problem_type!r}")
+
+
+def checkpoint_monitor(monitor: str | None, reported: Iterable[str]) -> str:
+    """The validation metric that picks the best epoch.
+
+    `monitor` when given; otherwise `val_accuracy` if the model reports accuracy
+    (`reported` holds metric names or epoch-log keys), else `val_loss`.
+    """
+    return monitor or ("val_accuracy" if {"accuracy", "val_accuracy"} & set(reported) else "val_loss")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of `metric` is better (losses and errors)."""
+    return metric.endswith(("loss", "mae", "mse"))

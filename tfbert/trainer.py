@@ -9,6 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfbert.checkpoints import Backup, BestCheckpoint, Preempted, backup_position, best_checkpoint
+from tfbert.objectives import checkpoint_monitor, lower_is_better
 from tfbert.pipeline import stream_epochs
 
 log = logging.getLogger(__name__)
@@ -157,10 +158,8 @@ class Trainer:
             jit_compile=self.jit_compile,
             steps_per_execution=self.steps_per_execution,
         )
-        monitor = self.monitor or (
-            "val_accuracy" if any(metric.name == "accuracy" for metric in metrics) else "val_loss"
-        )
-        mode = "min" if monitor.endswith(("loss", "mae", "mse")) else "max"
+        monitor = checkpoint_monitor(self.monitor, (metric.name for metric in metrics))
+        mode = "min" if lower_is_better(monitor) else "max"
         nan_guard = StopOnNonFiniteLoss()
         backup = Backup(backup_dir, save_freq=self.backup_every_steps)
         history = model.fit(
