@@ -70,24 +70,23 @@ def build_task(
 
     encode = _label_encoder(problem_type, table["train"]["label"], label_names, label_separator,
                             raw["train"].features[label_column], label_column, sources["train"])
-    if problem_type == "single_label":
-        train_classes = {encode(value, sources["train"], row) for value, row in zip(table["train"]["label"], table["train"]["row"])}
-        if len(train_classes) < 2:
-            raise InvalidTaskData(
-                f"{sources['train']}: every row has the class {encode.names[train_classes.pop()]!r}; "
-                "a classifier needs at least two classes in train"
-            )
     features = datasets.Features(
         text=datasets.Value("string"),
         **({"text_pair": datasets.Value("string")} if text_pair_column else {}),
         label=encode.feature,
     )
     splits = {}
-    for split, rows in table.items():
+    for split in sorted(table, key=lambda name: name != "train"):  # train first: its checks come first
+        rows = table[split]
         labels = [encode(value, sources[split], row) for value, row in zip(rows["label"], rows["row"])]
         splits[split] = datasets.Dataset.from_dict(
             {**{key: rows[key] for key in columns if key != "label"}, "label": labels}, features=features
         )
+        if split == "train" and problem_type == "single_label" and len(set(labels)) < 2:
+            raise InvalidTaskData(
+                f"{sources['train']}: every row has the class {encode.names[labels[0]]!r}; "
+                "a classifier needs at least two classes in train"
+            )
 
     provenance = {split: sources[split] for split in splits}
     remaining = 1.0  # fraction of the original train split still in splits["train"]
