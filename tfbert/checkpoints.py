@@ -69,12 +69,15 @@ class BestCheckpoint(tf_keras.callbacks.Callback):
     """Keeps the weights of the best epoch by `monitor`, written atomically.
 
     On a resumed run, the best value so far comes from best.json, so an epoch only
-    replaces the kept weights when it really is better.
+    replaces the kept weights when it really is better. `saved_model` is the model whose
+    weights are kept, when it is not the one being fit (feature extraction fits the head
+    alone but keeps the whole classifier).
     """
 
-    def __init__(self, directory: Path, monitor: str, mode: str):
+    def __init__(self, directory: Path, monitor: str, mode: str, saved_model: tf_keras.Model | None = None):
         super().__init__()
         self.directory = Path(directory)
+        self.saved_model = saved_model
         self.monitor = monitor
         self.better = np.greater if mode == "max" else np.less
         pointer = self.directory / "best.json"
@@ -91,7 +94,7 @@ class BestCheckpoint(tf_keras.callbacks.Callback):
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"best-{epoch + 1:04d}"
-        self.model.save_weights(str(self.directory / name))
+        (self.saved_model or self.model).save_weights(str(self.directory / name))
         write_json(self.directory / "best.json",
                    {"checkpoint": name, "epoch": epoch + 1, "monitor": self.monitor, "value": float(value)})
         self.best = float(value)

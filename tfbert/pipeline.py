@@ -55,15 +55,25 @@ class Pipeline:
         }
         labels = np.asarray(split["label"])  # (n,) class ids, (n,) floats or (n, classes) multi-hot
         labels = labels.astype(np.int32 if labels.dtype.kind in "iu" else np.float32)
-        dataset = tf.data.Dataset.from_tensor_slices((columns, labels))
+        examples = tf.data.Dataset.from_tensor_slices((columns, labels)).map(
+            _add_attention_mask, num_parallel_calls=tf.data.AUTOTUNE
+        )
+        return self.batch(examples, len(split), int(lengths.max(initial=0)), training)
+
+    def batch(self, examples: tf.data.Dataset, count: int, longest: int, training: bool = False) -> tf.data.Dataset:
+        """Shuffle (in training), bucket by length and pad `count` examples into batches.
+
+        Each example is (features, label) whose features hold `attention_mask` (seq,);
+        every feature is padded with zeros along each dimension to the batch's longest.
+        `longest` is the longest example's length.
+        """
         if training:
-            dataset = dataset.shuffle(len(split), seed=self.seed, reshuffle_each_iteration=True)
-        dataset = dataset.map(_add_attention_mask, num_parallel_calls=tf.data.AUTOTUNE)
+            examples = examples.shuffle(count, seed=self.seed, reshuffle_each_iteration=True)
         boundaries = self.bucket_boundaries
-        if self.pad_to_bucket_boundary and lengths.max(initial=0) >= boundaries[-1]:
-            boundaries = boundaries + [int(lengths.max()) + 1]  # the last bucket needs a bound too
-        dataset = dataset.bucket_by_sequence_length(
-            element_length_func=lambda features, label: tf.shape(features["input_ids"])[0],
+        if self.pad_to_bucket_boundary and longest >= boundaries[-1]:
+            boundaries = boundaries + [longest + 1]  # the last bucket needs a bound too
+        dataset = examples.bucket_by_sequence_length(
+            element_length_func=lambda features, label: tf.shape(features["attention_mask"])[0],
             bucket_boundaries=boundaries,
             bucket_batch_sizes=[self.batch_size] * (len(boundaries) + 1),
             pad_to_bucket_boundary=self.pad_to_bucket_boundary,

@@ -16,6 +16,7 @@ from tfbert.distribute import build_strategy, check_global_batch, worker_dir
 from tfbert.evaluation import evaluate
 from tfbert.objectives import loss_and_metrics
 from tfbert.export import export_classifier
+from tfbert.features import feature_extraction
 from tfbert.pipeline import batch_stats
 from tfbert.preprocessing import Preprocessor, load_tokenizer
 from tfbert.report import run_summary
@@ -72,6 +73,11 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
         backbone = instantiate(cfg.model)
         head = instantiate(cfg.head)(num_outputs=task.num_outputs)
         model = build_classifier(backbone, head)
+        fit_model, fit_train, fit_validation = model, train_data, validation_data
+        if not backbone.trainable_weights:  # a frozen encoder: encode once, train the head on its outputs
+            fit_model, fit_train, fit_validation = feature_extraction(
+                backbone, head, pipeline, train_data, validation_data
+            )
         optimizer = instantiate(cfg.optimizer)(
             num_train_steps=trainer.optimizer_steps(stats["batches"]), num_layers=backbone.config.num_hidden_layers
         )
@@ -83,17 +89,18 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
         )
         started = time.perf_counter()
         trainer.fit(
-            model,
+            fit_model,
             optimizer,
             loss=loss,
             metrics=train_metrics,
-            train_data=train_data,
+            train_data=fit_train,
             steps_per_epoch=stats["batches"],
-            validation_data=validation_data,
+            validation_data=fit_validation,
             run_dir=run_dir,
             class_weight=task.class_weights(),
             callbacks=insight,
             backup_dir=Path(cfg.run_dir) / "backup",  # shared by all workers, to resume them together
+            checkpoint_model=model,
         )
         train_seconds = time.perf_counter() - started
 

@@ -130,13 +130,16 @@ class Trainer:
         callbacks: list = (),
         class_weight: dict[int, float] | None = None,
         backup_dir: Path | None = None,
+        checkpoint_model: tf_keras.Model | None = None,
     ) -> tf_keras.callbacks.History:
-        """Train; afterwards `model` holds the weights of the best validation epoch.
+        """Train; afterwards `model` (or `checkpoint_model`) holds the best validation epoch's weights.
 
         `train_data` is one epoch of `steps_per_epoch` batches; `loss` and `metrics` fit
         the task's problem type; `callbacks` run before the trainer's own; `class_weight`
         weights each class id's loss; `backup_dir` (default `<run_dir>/backup`) must be
-        the same for every worker of a multi-worker run. Raises Preempted after saving a backup on SIGTERM,
+        the same for every worker of a multi-worker run; `checkpoint_model` (default `model`)
+        is what the best checkpoint keeps and gets back, when `model` trains only part of
+        it (tfbert.features: the head model of a classifier). Raises Preempted after saving a backup on SIGTERM,
         and NonFiniteLoss when the loss becomes NaN/inf (no checkpoint is written from it).
         """
         run_dir = Path(run_dir)
@@ -171,7 +174,7 @@ class Trainer:
                 *callbacks,
                 nan_guard,
                 backup,
-                BestCheckpoint(run_dir / "checkpoints", monitor, mode),
+                BestCheckpoint(run_dir / "checkpoints", monitor, mode, checkpoint_model),
                 tf_keras.callbacks.TensorBoard(
                     log_dir=str(run_dir / "tensorboard"),
                     update_freq=self.tensorboard_update_freq,
@@ -195,5 +198,5 @@ class Trainer:
                 f"{(run_dir / 'checkpoints' / 'best.json') if (run_dir / 'checkpoints' / 'best.json').exists() else 'none'}. "
                 "Try a lower optimizer.learning_rate."
             )
-        model.load_weights(str(best_checkpoint(run_dir))).expect_partial()
+        (checkpoint_model or model).load_weights(str(best_checkpoint(run_dir))).expect_partial()
         return history
