@@ -75,6 +75,15 @@ class Classifier(tf_keras.Model):
         return self.compute_metrics(features, labels, outputs, sample_weight)
 
 
+def classifier_parts(model: tf_keras.Model) -> tuple[tf_keras.Model, ClassificationHead]:
+    """The (backbone, head) layers of a model that build_classifier made."""
+    backbone = [layer for layer in model.layers if hasattr(layer, "bert")]
+    head = [layer for layer in model.layers if isinstance(layer, ClassificationHead)]
+    if len(backbone) != 1 or len(head) != 1:
+        raise ValueError(f"{model.name} is not a tfbert classifier: it needs one BERT backbone and one head")
+    return backbone[0], head[0]
+
+
 def build_classifier(backbone: tf_keras.Model, head: ClassificationHead) -> tf_keras.Model:
     """A functional model: dict of int32 (batch, seq) token tensors -> (batch, classes) logits."""
     inputs = {

@@ -27,8 +27,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tfbert.checkpoints import best_checkpoint
-from tfbert.classifier import INPUT_NAMES, build_classifier
+from tfbert.classifier import INPUT_NAMES, build_classifier, classifier_parts
 from tfbert.model_card import ModelCard
+from tfbert.packed import packed_encoder_features
 from tfbert.preprocessing import TEXT_COLUMNS, InGraphTokenizer, load_tokenizer
 from tfbert.tasks import TaskData
 from tfbert.tasks.task_data import PROBLEM_TYPES
@@ -39,7 +40,9 @@ EXPORT_KEYS = ("export_dir", "name", "version")
 class ServingModule(tf.Module):
     """What the SavedModel serves; both signatures return the same outputs.
 
-    `serving_default`: string `text` (batch,) [and `text_pair` (batch,)], tokenized in the graph.
+    `serving_default`: string `text` (batch,) [and `text_pair` (batch,)], tokenized in the
+        graph; the encoder runs on the real tokens only (tfbert.packed), so a request of
+        mixed lengths costs no padding.
     `serve_ids`: int32 `input_ids`, `attention_mask`, `token_type_ids` (batch, seq).
     Outputs, by problem type:
         single_label: `logits`, `probabilities` (softmax) float32 (batch, classes),
@@ -49,7 +52,7 @@ class ServingModule(tf.Module):
         regression: `logits` float32 (batch, 1) and `value` float32 (batch,).
 
     Args:
-        model: the classifier (dict of int32 token tensors -> logits).
+        model: the classifier build_classifier made (dict of int32 token tensors -> logits).
         tokenizer: the in-graph twin of the tokenizer the model was trained with.
         label_names: class names in label-id order (for regression, the target's name).
         text_columns: the string inputs of `serving_default`: ("text",) or ("text", "text_pair").
@@ -72,6 +75,7 @@ class ServingModule(tf.Module):
         if problem_type not in PROBLEM_TYPES:
             raise ValueError(f"problem_type must be one of {list(PROBLEM_TYPES)}, got {problem_type!r}")
         self.model = model
+        self.backbone, self.head = classifier_parts(model)
         self.tokenizer = tokenizer
         self.label_names = tf.constant(list(label_names))
         self.text_columns = tuple(text_columns)
@@ -82,8 +86,8 @@ class ServingModule(tf.Module):
             input_signature=[tf.TensorSpec([None], tf.string, name=name) for name in self.text_columns],
         )
 
-    def _outputs(self, features: dict) -> dict:
-        logits = tf.cast(self.model(features, training=False), tf.float32)  # (batch, outputs)
+    def _outputs(self, logits: tf.Tensor) -> dict:
+        logits = tf.cast(logits, tf.float32)  # (batch, outputs)
         if self.problem_type == "regression":
             return {"logits": logits, "value": logits[:, 0]}
         probabilities = tf.nn.softmax(logits) if self.problem_type == "single_label" else tf.sigmoid(logits)
@@ -99,15 +103,19 @@ class ServingModule(tf.Module):
         return outputs
 
     def _serve_text(self, *texts):
-        return self._outputs(self.tokenizer(*texts))
+        input_ids, token_type_ids = self.tokenizer.rows(*texts)
+        features = packed_encoder_features(
+            self.backbone, input_ids, token_type_ids, hidden_states="hidden_states" in self.head.reads
+        )
+        return self._outputs(self.head(features, training=False))
 
     @tf.function(
         input_signature=[tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES]
     )
     def serve_ids(self, input_ids, attention_mask, token_type_ids):
-        return self._outputs(
-            {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        )
+        return self._outputs(self.model(
+            {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}, training=False
+        ))
 
     def signatures(self) -> dict:
         return {"serving_default": self.serve_text, "serve_ids": self.serve_ids}

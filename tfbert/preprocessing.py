@@ -166,11 +166,11 @@ class InGraphTokenizer(tf.Module):
         """(batch,) strings -> (batch, None) int32 WordPiece ids, no special tokens."""
         return self.wordpiece.tokenize(self.normalize(text))
 
-    def __call__(self, text: tf.Tensor, text_pair: tf.Tensor | None = None) -> dict:
-        """(batch,) strings [and their (batch,) pairs] -> int32 (batch, seq) model inputs.
+    def rows(self, text: tf.Tensor, text_pair: tf.Tensor | None = None) -> tuple[tf.RaggedTensor, tf.RaggedTensor]:
+        """(batch,) strings [and their (batch,) pairs] -> ragged int32 (batch, None) token rows.
 
-        `seq` is the longest sequence of this batch (at most max_length): each row is
-        [CLS] text [SEP] [text_pair [SEP]], padded with [PAD] ids.
+        Each row is [CLS] text [SEP] [text_pair [SEP]], at most max_length long:
+        returns (input_ids, token_type_ids).
         """
         if text_pair is None:
             segments = [self._wordpieces(text)[:, : self.max_length - 2]]
@@ -178,7 +178,15 @@ class InGraphTokenizer(tf.Module):
             segments = _truncate_longest_first(
                 self._wordpieces(text), self._wordpieces(text_pair), self.max_length - 3
             )
-        input_ids, token_type_ids = tf_text.combine_segments(segments, self.cls_id, self.sep_id)
+        return tf_text.combine_segments(segments, self.cls_id, self.sep_id)
+
+    def __call__(self, text: tf.Tensor, text_pair: tf.Tensor | None = None) -> dict:
+        """(batch,) strings [and their (batch,) pairs] -> int32 (batch, seq) model inputs.
+
+        `seq` is the longest row of this batch (see `rows`); shorter rows are padded
+        with [PAD] ids.
+        """
+        input_ids, token_type_ids = self.rows(text, text_pair)
         return {
             "input_ids": input_ids.to_tensor(default_value=self.pad_id),
             "attention_mask": tf.ones_like(input_ids).to_tensor(default_value=0),

@@ -1,0 +1,71 @@
+"""BERT on real tokens only, for serving: no compute spent on padding.
+
+A request of sentences of different lengths, padded to its longest, spends most of
+its matrix multiplications on padding (on the sentiment corpus a batch of 32 is about
+half padding). Here the encoder's per-token work (embeddings, the query/key/value,
+output and feed-forward dense layers, layer norms) runs on the batch's real tokens
+packed end to end, (1, tokens, hidden); only attention, which mixes the tokens of one
+sentence, sees a padded (batch, heads, seq, seq) view. The layers and weights are the
+TFBertModel's own, called in inference mode, so the outputs equal the padded model's
+up to float rounding.
+"""
+
+import tensorflow as tf
+import tf_keras
+
+
+def packed_encoder_features(
+    backbone: tf_keras.Model, input_ids: tf.RaggedTensor, token_type_ids: tf.RaggedTensor, hidden_states: bool = False
+) -> dict:
+    """The dict a head reads (see tfbert.heads), for ragged int32 (batch, None) token rows.
+
+    `backbone` is a TFBertModel; padded outputs are zero beyond each row's length.
+    `hidden_states` adds every layer's output, (batch, layers + 1, seq, hidden).
+    """
+    bert = backbone.bert
+    row_lengths = input_ids.row_lengths()
+    positions = tf.ragged.range(row_lengths).flat_values  # (tokens,)
+    tokens = bert.embeddings(
+        input_ids=input_ids.flat_values[tf.newaxis],
+        position_ids=positions[tf.newaxis],
+        token_type_ids=token_type_ids.flat_values[tf.newaxis],
+        training=False,
+    )  # (1, tokens, hidden): BERT's layer norms are built for rank 3
+    seq = tf.maximum(tf.reduce_max(row_lengths), 1)  # an empty batch still has a [CLS] column
+    real = tf.sequence_mask(row_lengths, seq)  # (batch, seq)
+    # BERT's additive mask: 0 for real keys, -10000 for padding.
+    key_bias = (1.0 - tf.cast(real, tokens.dtype))[:, tf.newaxis, tf.newaxis, :] * -10000.0  # (batch, 1, 1, seq)
+    # Where each padded slot's token sits in the packed rows; padding points one past the end.
+    slot = input_ids.row_starts()[:, tf.newaxis] + tf.range(seq, dtype=tf.int64)  # (batch, seq)
+    slot = tf.where(real, slot, tf.size(input_ids.flat_values, out_type=tf.int64))
+    real_slots = tf.where(tf.reshape(real, [-1]))[:, 0]  # (tokens,) in packed order
+
+    def padded(packed: tf.Tensor) -> tf.Tensor:
+        """(1, tokens, width) -> (batch, seq, width), zeros after each row's end."""
+        return tf.gather(tf.pad(packed[0], [[0, 1], [0, 0]]), slot)
+
+    layer_outputs = [tokens]
+    for layer in bert.encoder.layer:
+        attention = layer.attention.self_attention
+        heads, head_size = attention.num_attention_heads, attention.attention_head_size
+        rows = padded(tf.concat([attention.query(tokens), attention.key(tokens), attention.value(tokens)], -1))
+        shape = tf.shape(rows)  # (batch, seq, 3 * hidden)
+        rows = tf.transpose(tf.reshape(rows, [shape[0], shape[1], 3, heads, head_size]), [2, 0, 3, 1, 4])
+        query, key, value = rows[0], rows[1], rows[2]  # each (batch, heads, seq, head_size)
+        scores = tf.matmul(query, key, transpose_b=True) / tf.cast(attention.sqrt_att_head_size, tokens.dtype)
+        probabilities = tf.nn.softmax(scores + key_bias, axis=-1)  # (batch, heads, seq, seq)
+        context = tf.transpose(tf.matmul(probabilities, value), [0, 2, 1, 3])  # (batch, seq, heads, head_size)
+        context = tf.gather(tf.reshape(context, [-1, heads * head_size]), real_slots)[tf.newaxis]  # (1, tokens, hidden)
+        tokens = layer.attention.dense_output(context, tokens, training=False)
+        tokens = layer.bert_output(layer.intermediate(tokens), tokens, training=False)
+        layer_outputs.append(tokens)
+
+    last_hidden_state = padded(tokens)  # (batch, seq, hidden)
+    features = {
+        "last_hidden_state": last_hidden_state,
+        "pooler_output": bert.pooler(last_hidden_state),  # (batch, hidden): reads [:, 0]
+        "attention_mask": tf.cast(real, tf.int32),
+    }
+    if hidden_states:
+        features["hidden_states"] = tf.stack([padded(output) for output in layer_outputs], axis=1)
+    return features
