@@ -122,7 +122,7 @@ def write_pytorch_twin(variables, run: dict, directory: Path) -> None:
     from transformers import BertConfig
     from transformers.modeling_tf_pytorch_utils import TransposeType, convert_tf_weight_name_to_pt_weight_name
 
-    from tfbert.backbone import resolve_model_dir
+    from tfbert.model_dir import resolve_model_dir
     from tfbert.preprocessing import load_tokenizer
 
     tensors = {}

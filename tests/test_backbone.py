@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import MINILM, TINY_CONFIG
-from tfbert.backbone import BackboneNotFound, load_backbone, resolve_model_dir
+from tfbert.backbone import load_backbone
+from tfbert.model_dir import BackboneNotFound, resolve_model_dir
 
 
 def mean_pooled(backbone, tokenizer, texts):
@@ -116,3 +117,10 @@ def test_what_trains(kwargs, parts):
 def test_bad_freeze_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG, **kwargs)
+
+
+def test_finding_a_model_loads_no_tensorflow():
+    # bench/speed.py's PyTorch worker finds the model this way and must not load TensorFlow.
+    code = "import sys; from tfbert.model_dir import resolve_model_dir; resolve_model_dir(sys.argv[1]); " \
+           "sys.exit('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code, MINILM], timeout=120).returncode == 0

@@ -11,33 +11,14 @@ import pytest
 import tensorflow as tf
 from omegaconf import OmegaConf
 
-from tests.conftest import MINILM, compose_config
+from tests.conftest import EXPORT_MAX_LENGTH as MAX_LENGTH, MINILM, compose_config
 from tfbert.classifier import INPUT_NAMES, build_classifier
-from tfbert.export import Exporter, ServingModule, export_classifier, main
+from tfbert.export import Exporter, ServingModule, main
 from tfbert.heads import MeanPoolingHead
 from tfbert.model_card import EXAMPLE_TEXTS, ModelCard
 from tfbert.preprocessing import InGraphTokenizer
-from tfbert.tasks.sentiment import load_sentiment
 
 TEXTS = ["A wonderful, moving film!", "dull", "", "Ça a l'air génial 😀 北京", " ".join(["long"] * 400)]
-MAX_LENGTH = 32
-
-
-@pytest.fixture(scope="module")
-def task(snippets_file):
-    return load_sentiment(data_file=str(snippets_file), max_length=MAX_LENGTH)
-
-
-@pytest.fixture(scope="module")
-def classifier(tiny_backbone):
-    return build_classifier(tiny_backbone, MeanPoolingHead(num_outputs=2))
-
-
-@pytest.fixture(scope="module")
-def export_dir(classifier, task, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
-    metrics = {"test": {"accuracy": 0.75, "f1_macro": 0.7, "examples": 24}}
-    return export_classifier(classifier, task, MINILM, run_dir, metrics=metrics)
 
 
 @pytest.fixture(scope="module")

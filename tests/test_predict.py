@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.test_export import MAX_LENGTH, classifier, export_dir, task  # noqa: F401  (fixtures)
+from tests.conftest import EXPORT_MAX_LENGTH as MAX_LENGTH
 from tfbert.predict import find_saved_model, load_serving, main, predict
 
 
 @pytest.fixture(scope="module")
-def serving(export_dir):  # noqa: F811
+def serving(export_dir):
     return load_serving(export_dir)
 
 
@@ -24,7 +24,7 @@ def run_cli(capsys, *argv) -> list[str]:
     return capsys.readouterr().out.splitlines()
 
 
-def test_texts_from_the_command_line(export_dir, serving, capsys):  # noqa: F811
+def test_texts_from_the_command_line(export_dir, serving, capsys):
     texts = ["a wonderful, moving film", "dull and tedious"]
     lines = run_cli(capsys, export_dir.parent, *texts)  # the model dir: its highest version is used
     outputs = serving(text=tf.constant(texts))
@@ -43,7 +43,7 @@ INPUT_FILES = {
 
 
 @pytest.mark.parametrize("name", sorted(INPUT_FILES))
-def test_input_files_to_jsonl(name, export_dir, serving, capsys, tmp_path):  # noqa: F811
+def test_input_files_to_jsonl(name, export_dir, serving, capsys, tmp_path):
     source = tmp_path / name
     source.write_text(INPUT_FILES[name])
     lines = run_cli(capsys, export_dir, "--input", source, "--output", tmp_path / "predictions.jsonl")
@@ -58,7 +58,7 @@ def test_input_files_to_jsonl(name, export_dir, serving, capsys, tmp_path):  # n
         assert prediction["label"] in ("negative", "positive")
 
 
-def test_bad_texts_get_defined_predictions(serving, tmp_path, capsys, export_dir):  # noqa: F811
+def test_bad_texts_get_defined_predictions(serving, tmp_path, capsys, export_dir):
     words = ["word"] * 50_000
     lines = [b"", b"   \t ", b"caf\xe9 \xff\xfe ok", b"caf  ok", " ".join(words).encode(), " ".join(words[: MAX_LENGTH - 2]).encode()]
     source = tmp_path / "bad.txt"
@@ -78,7 +78,7 @@ def test_bad_texts_get_defined_predictions(serving, tmp_path, capsys, export_dir
     assert len(predictions[4]["text"]) == len(" ".join(words)) > 100_000
 
 
-def test_non_utf8_command_line_bytes(export_dir, capsys):  # noqa: F811
+def test_non_utf8_command_line_bytes(export_dir, capsys):
     lines = run_cli(capsys, export_dir, "ok \udcff\udcfe fine")  # how Python decodes invalid argv bytes
     assert len(lines) == 1 and lines[0].split("\t")[0] in ("negative", "positive")
 
@@ -103,7 +103,7 @@ def test_batches_do_not_change_predictions(serving):
     ],
     ids=["no_arguments", "empty_file", "csv_without_text", "jsonl_not_json", "jsonl_number", "unknown_suffix"],
 )
-def test_unusable_input_is_a_clear_error(content, suffix, message, export_dir, tmp_path, capsys):  # noqa: F811
+def test_unusable_input_is_a_clear_error(content, suffix, message, export_dir, tmp_path, capsys):
     argv = [str(export_dir)]
     if content is not None:
         source = tmp_path / f"input{suffix}"
@@ -115,7 +115,7 @@ def test_unusable_input_is_a_clear_error(content, suffix, message, export_dir, t
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_find_saved_model_takes_the_highest_version(export_dir, tmp_path):  # noqa: F811
+def test_find_saved_model_takes_the_highest_version(export_dir, tmp_path):
     for version in ("2", "10"):
         shutil.copytree(export_dir, tmp_path / version)
     (tmp_path / "11").mkdir()  # no saved_model.pb: not a version
@@ -132,7 +132,7 @@ print("heavy:", heavy)
 """
 
 
-def test_cli_needs_no_transformers_nor_model_code(export_dir, tmp_path):  # noqa: F811
+def test_cli_needs_no_transformers_nor_model_code(export_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", CLI_IMPORTS, str(export_dir), "a wonderful film"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,

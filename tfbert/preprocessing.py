@@ -15,7 +15,7 @@ from datasets.fingerprint import Hasher
 import tensorflow_text as tf_text
 from transformers import AutoTokenizer, BertTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
 
-from tfbert.backbone import resolve_model_dir
+from tfbert.model_dir import resolve_model_dir
 
 TEXT_COLUMNS = ("text", "text_pair")
 log = logging.getLogger(__name__)
