@@ -45,6 +45,7 @@ installed: pip install torch==2.13.0 (the `bench` extra).
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -190,9 +191,45 @@ def run_tfbert(args) -> dict:
     result = fit_timed(
         model, data, args.steps, args.warmup, TokenCounter(backbone.config), class_weight=task.class_weights()
     )
+    if args.profile_steps:
+        result["profile"] = profile_op_types(model, data.take(args.profile_steps), class_weight=task.class_weights())
     result["settings"] = {"overrides": list(args.overrides), "jit_compile": trainer.jit_compile,
                           "steps_per_execution": trainer.steps_per_execution}
     return result
+
+
+MATMUL_OPS = {"MatMul", "_FusedMatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum"}
+
+
+def profile_op_types(model, data, **fit_args) -> dict:
+    """Where the training steps' time goes: TensorFlow profiler, self-time per op type.
+
+    Shares are of the busy time (the profiler's IDLE excluded; `idle` is its own share of
+    the whole); `matmul` sums the matrix-multiplication op types.
+    """
+    import tensorflow as tf
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        model.fit(data, verbose=0, **fit_args)
+        tf.profiler.experimental.stop()
+        traces = [str(path) for path in Path(logdir).rglob("*.xplane.pb")]
+        table = json.loads(_pywrap_profiler_plugin.xspace_to_tools_data(traces, "framework_op_stats", {})[0])[0]
+    columns = [column["id"] for column in table["cols"]]
+    self_time = {}
+    for row in table["rows"]:
+        cells = dict(zip(columns, (cell.get("v") if cell else None for cell in row["c"])))
+        self_time[cells["type"]] = self_time.get(cells["type"], 0.0) + cells["total_self_time"]
+    idle = self_time.pop("IDLE", 0.0)
+    busy = sum(self_time.values())
+    shares = sorted(((op, time / busy) for op, time in self_time.items()), key=lambda item: -item[1])
+    return {
+        "busy_ms": busy / 1e3,
+        "idle": idle / (idle + busy),
+        "matmul": sum(time for op, time in self_time.items() if op in MATMUL_OPS) / busy,
+        "op_types": [{"type": op, "share": share} for op, share in shares[:12]],
+    }
 
 
 def run_transformers_tf(args) -> dict:
@@ -326,6 +363,7 @@ def worker_arguments(args) -> list[str]:
     return [
         "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
         "--matmul-seconds", str(args.matmul_seconds), "--matmul-sizes", *map(str, args.matmul_sizes),
+        "--profile-steps", str(args.profile_steps),
         "--", *args.overrides,
     ]
 
@@ -345,6 +383,41 @@ def summarize(name: str, run: dict, peak_gflops: float) -> dict:
         "peak_rss_mb": run["peak_rss_mb"],
         "seconds_per_step": seconds / run["timed_steps"],
     }
+
+
+# Issue 5's targets for this benchmark: (what, measured from the report, target, higher is better).
+TARGETS = (
+    ("real tokens/s, tfbert / PyTorch eager", lambda r: r["tfbert_speedup"]["pytorch"]["real_tokens_per_second"], 1.5, True),
+    ("real tokens/s, tfbert / transformers TF recipe",
+     lambda r: r["tfbert_speedup"]["transformers_tf"]["real_tokens_per_second"], 5.0, True),
+    ("tfbert MFU", lambda r: r["systems"]["tfbert"]["mfu"], 0.65, True),
+    ("tfbert padding efficiency", lambda r: r["systems"]["tfbert"]["padding_efficiency"], 0.90, True),
+    ("tfbert peak RSS (GiB, this benchmark's process)", lambda r: r["systems"]["tfbert"]["peak_rss_mb"] / 1024, 3.0, False),
+)
+
+
+def target_lines(report: dict) -> list[str]:
+    """The targets table: measured, target, met, and by how much a missed one falls short."""
+    lines = ["| target | measured | goal | met | short by |", "|---|---|---|---|---|"]
+    for name, measure, goal, higher in TARGETS:
+        value = measure(report)
+        met = value >= goal if higher else value <= goal
+        short = "" if met else f"{abs(goal - value) / goal:.1%}"
+        lines.append(f"| {name} | {value:.3g} | {'>=' if higher else '<='} {goal:g} | {'yes' if met else 'no'} | {short} |")
+    return lines
+
+
+def profile_lines(profile: dict) -> list[str]:
+    """tfbert's step time by op type, from the profiler."""
+    lines = [
+        f"Where tfbert's training step time goes (TensorFlow profiler; busy {profile['busy_ms']:,.0f} ms of op "
+        f"self-time, idle {profile['idle']:.0%} of the threads' time): matrix multiplications take "
+        f"{profile['matmul']:.0%} of the busy time; every other op type is time the matmul peak does not count.",
+        "",
+        "| op type | share of busy time |",
+        "|---|---|",
+    ]
+    return lines + [f"| {row['type']} | {row['share']:.1%} |" for row in profile["op_types"]]
 
 
 def markdown(report: dict) -> str:
@@ -378,8 +451,12 @@ def markdown(report: dict) -> str:
             ", ".join(f"{size}: {rate:.1f}" for size, rate in run["gflops_by_size"].items())
             for run in report["matmul_runs"]
         ) + ".",
-        *report_footer(report),
+        "",
+        *target_lines(report),
     ]
+    if "profile" in report["runs"]["tfbert"]:
+        lines += ["", *profile_lines(report["runs"]["tfbert"]["profile"])]
+    lines += report_footer(report)
     return "\n".join(lines) + "\n"
 
 
@@ -392,6 +469,8 @@ def parse_args(argv=None):
     add_worker_arguments(parser, WORKERS)
     parser.add_argument("--matmul-sizes", type=int, nargs="+", help="square matmul sizes (default 1024 2048 3072 4096)")
     parser.add_argument("--matmul-seconds", type=float, default=3.0, help="time per matmul size")
+    parser.add_argument("--profile-steps", type=int, default=5,
+                        help="tfbert steps traced by the TensorFlow profiler after the timed ones (0: none)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the tfbert run, e.g. trainer.jit_compile=true")
     args = parser.parse_args(argv)
     args.steps = args.steps or (10 if args.quick else 200)

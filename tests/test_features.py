@@ -60,7 +60,8 @@ def test_encoded_batches_are_reshuffled_and_padded_like_tokens(tokenizer):
     head = MeanPoolingHead(num_outputs=2)
     build_classifier(backbone, head)
     pipeline = Pipeline(batch_size=3, bucket_boundaries=[4, 8], seed=1)
-    train_tokens = token_batches(tokenizer, TEXTS, LABELS, pipeline, training=True)
+    # 24 examples: two epochs in the same order would be a 1-in-millions coincidence
+    train_tokens = token_batches(tokenizer, TEXTS * 3, LABELS * 3, pipeline, training=True)
     validation_tokens = token_batches(tokenizer, TEXTS[:4], LABELS[:4], pipeline)
     _, train, validation = feature_extraction(backbone, head, pipeline, train_tokens, validation_tokens)
     token_stats, feature_stats = batch_stats(train_tokens), batch_stats(train)
