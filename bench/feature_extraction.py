@@ -36,7 +36,7 @@ from hydra.utils import instantiate
 from common import ROOT, load_average_at_end, machine_info, peak_rss_mb, report_footer, write_results
 from tfbert.classifier import build_classifier
 from tfbert.evaluation import evaluate
-from tfbert.features import EncodedSplit, build_head_model, encode_split
+from tfbert.features import build_head_model, encode_split
 from tfbert.heads import LastLayersClsHead
 from tfbert.objectives import loss_and_metrics
 from tfbert.preprocessing import Preprocessor, load_tokenizer
@@ -88,12 +88,8 @@ def train_head(cfg, task, pipeline, splits, head_name: str, seed: int, scratch: 
     head_cfg = compose([f"head={head_name}"]).head
     tf_keras.utils.set_random_seed(seed)
     head = instantiate(head_cfg)(num_outputs=task.num_outputs)
-    keep = {"last_hidden_state", "pooler_output", "attention_mask"} | set(head.reads)
-    encoded = {
-        name: EncodedSplit([{key: value for key, value in example.items() if key in keep} for example in split.examples],
-                           split.labels)
-        for name, split in splits.items()
-    }
+    keep = {"last_hidden_state", "pooler_output", "attention_mask", *head.reads}  # what encode_split keeps for it
+    encoded = {name: split.select(sorted(keep)) for name, split in splits.items()}
     model = build_head_model(head, encoded["train"].signature())
     trainer = instantiate(cfg.trainer)
     train = encoded["train"].dataset(instantiate(cfg.pipeline, seed=seed), training=True)

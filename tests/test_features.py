@@ -40,10 +40,9 @@ def test_head_on_encoded_features_equals_the_classifier(head_class, tokenizer):
     batches = token_batches(tokenizer, TEXTS, LABELS, pipeline)
     encoded = encode_split(backbone, head, batches)
     assert len(encoded) == len(TEXTS)
-    assert ("hidden_states" in encoded.examples[0]) == (head_class is LastLayersClsHead)
-    for example in encoded.examples:  # only real tokens are kept
-        assert example["attention_mask"].all()
-        assert example["last_hidden_state"].shape == (len(example["attention_mask"]), 32)
+    assert ("hidden_states" in encoded.features) == (head_class is LastLayersClsHead)
+    assert encoded.features["attention_mask"].all()  # only real tokens are kept
+    assert encoded.features["last_hidden_state"].shape == (encoded.lengths.sum(), 32)
     head_model = build_head_model(head, encoded.signature())
     from_tokens = np.concatenate([classifier(tokens, training=False).numpy() for tokens, _ in batches])
     labels_from_tokens = np.concatenate([labels.numpy() for _, labels in batches])

@@ -4,12 +4,11 @@ When nothing in the backbone trains (`model.freeze=all`), every epoch would run 
 same encoder on the same sentences. Instead each split is encoded once, in inference
 mode, and the head trains on those outputs: a model of the head only, whose layers are
 the classifier's own, so the classifier holds the trained head afterwards. The cached
-outputs of an example keep only its real tokens; batches are re-formed every epoch by
-the run's Pipeline (shuffled, length-bucketed, padded with zeros).
+outputs keep real tokens only; batches are re-formed every epoch by the run's Pipeline
+(shuffled, length-bucketed, padded with zeros).
 
-Held in memory per example, float32 (the compute dtype under mixed precision):
-last_hidden_state seq x hidden, pooler_output hidden, and, for heads that read them,
-hidden_states (layers + 1) x seq x hidden.
+Held in memory, float32: per token last_hidden_state (hidden) and, for heads that read
+them, hidden_states ((layers + 1) x hidden); per example pooler_output (hidden).
 """
 
 import logging
@@ -27,52 +26,68 @@ log = logging.getLogger(__name__)
 
 
 class EncodedSplit:
-    """One split's encoder outputs, example by example, and its labels.
+    """One split's encoder outputs, real tokens only, and its labels.
 
     Args:
-        examples: per example, a dict of numpy arrays trimmed to its real tokens:
-            `last_hidden_state` (seq, hidden), `pooler_output` (hidden,),
-            `attention_mask` (seq,) and optionally `hidden_states` (layers + 1, seq, hidden).
-        labels: (n,) or (n, classes) numpy labels, in the examples' order.
+        features: numpy arrays. Per token, every example's tokens end to end:
+            `last_hidden_state` (tokens, hidden), `attention_mask` (tokens,) and optionally
+            `hidden_states` (tokens, layers + 1, hidden); per example: `pooler_output` (n, hidden).
+        lengths: (n,) tokens of each example.
+        labels: (n,) or (n, classes) labels.
     """
 
-    def __init__(self, examples: list[dict], labels: np.ndarray):
-        if len(examples) != len(labels):
-            raise ValueError(f"{len(examples)} encoded examples but {len(labels)} labels")
-        self.examples = examples
+    PER_TOKEN = ("last_hidden_state", "attention_mask", "hidden_states")
+
+    def __init__(self, features: dict, lengths: np.ndarray, labels: np.ndarray):
+        if len(lengths) != len(labels):
+            raise ValueError(f"{len(lengths)} encoded examples but {len(labels)} labels")
+        self.features = features
+        self.lengths = lengths
         self.labels = labels
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.lengths)
+
+    def select(self, names) -> "EncodedSplit":
+        """The same split with only the features in `names`."""
+        return EncodedSplit({name: self.features[name] for name in names}, self.lengths, self.labels)
 
     def signature(self) -> dict:
-        """tf.TensorSpec per feature of one example (seq left unknown)."""
-        first = self.examples[0]
+        """tf.TensorSpec per feature of a batch, without the batch axis (a head model's inputs)."""
+        shapes = {
+            "last_hidden_state": lambda values: (None, values.shape[-1]),
+            "attention_mask": lambda values: (None,),
+            "hidden_states": lambda values: (values.shape[1], None, values.shape[2]),  # (layers + 1, seq, hidden)
+            "pooler_output": lambda values: values.shape[1:],
+        }
         return {
-            name: tf.TensorSpec([None if size is None else size for size in _example_shape(name, value)],
-                                tf.as_dtype(value.dtype), name=name)
-            for name, value in first.items()
+            name: tf.TensorSpec(shapes[name](values), tf.as_dtype(values.dtype), name=name)
+            for name, values in self.features.items()
         }
 
     def dataset(self, pipeline: Pipeline, training: bool = False) -> tf.data.Dataset:
         """(features, labels) batches of these outputs, batched as `pipeline` batches tokens."""
-        label_spec = tf.TensorSpec(self.labels.shape[1:], tf.as_dtype(self.labels.dtype))
-        examples = tf.data.Dataset.from_generator(
-            lambda: zip(self.examples, self.labels), output_signature=(self.signature(), label_spec)
-        )
-        longest = max(len(example["attention_mask"]) for example in self.examples)
-        return pipeline.batch(examples, len(self), longest, training)
+        columns = {
+            name: tf.RaggedTensor.from_row_lengths(values, self.lengths) if name in self.PER_TOKEN else values
+            for name, values in self.features.items()
+        }
+        examples = tf.data.Dataset.from_tensor_slices((columns, self.labels))
+        examples = examples.map(_as_heads_read, num_parallel_calls=tf.data.AUTOTUNE)
+        return pipeline.batch(examples, len(self), int(self.lengths.max(initial=0)), training)
 
 
-def _example_shape(name: str, value: np.ndarray) -> list:
-    """An example's feature shape with its token axis unknown."""
-    token_axis = {"last_hidden_state": 0, "attention_mask": 0, "hidden_states": 1}.get(name)
-    return [None if axis == token_axis else size for axis, size in enumerate(value.shape)]
+def _as_heads_read(features: dict, label):
+    """One example's slices as dense tensors; hidden_states (seq, layers + 1, hidden) ->
+    (layers + 1, seq, hidden)."""
+    features = {name: tf.convert_to_tensor(value) for name, value in features.items()}
+    if "hidden_states" in features:
+        features["hidden_states"] = tf.transpose(features["hidden_states"], [1, 0, 2])
+    return features, label
 
 
 def encode_split(backbone: tf_keras.Model, head: ClassificationHead, batches: tf.data.Dataset,
                  name: str = "split") -> EncodedSplit:
-    """Run the encoder once over token `batches` and keep, per example, what `head` reads."""
+    """Run the encoder once over token `batches` and keep what `head` reads, real tokens only."""
     hidden_states = "hidden_states" in head.reads
     encode = tf.function(  # one trace for every batch shape
         lambda tokens: encoder_features(backbone, tokens, hidden_states=hidden_states),
@@ -81,22 +96,24 @@ def encode_split(backbone: tf_keras.Model, head: ClassificationHead, batches: tf
     steps = int(batches.cardinality()) if batches.cardinality() >= 0 else None
     progress = tf_keras.utils.Progbar(steps, unit_name="batch")
     started = time.perf_counter()
-    examples, labels = [], []
+    parts = {name: [] for name in ("last_hidden_state", "attention_mask", "pooler_output", "lengths", "labels")}
+    if hidden_states:
+        parts["hidden_states"] = []
     for step, (tokens, label) in enumerate(batches, 1):
-        features = {key: value.numpy() for key, value in encode(tokens).items()}
-        for row, length in enumerate(features["attention_mask"].sum(axis=1)):
-            examples.append({
-                "last_hidden_state": features["last_hidden_state"][row, :length].astype(np.float32),
-                "pooler_output": features["pooler_output"][row].astype(np.float32),
-                "attention_mask": features["attention_mask"][row, :length],
-                **({"hidden_states": features["hidden_states"][row, :, :length].astype(np.float32)}
-                   if hidden_states else {}),
-            })
-        labels.append(label.numpy())
+        outputs = {key: value.numpy() for key, value in encode(tokens).items()}
+        real = outputs["attention_mask"].astype(bool)  # (batch, seq): each row's real tokens come first
+        parts["last_hidden_state"].append(outputs["last_hidden_state"][real].astype(np.float32))
+        parts["attention_mask"].append(outputs["attention_mask"][real])
+        parts["pooler_output"].append(outputs["pooler_output"].astype(np.float32))
+        parts["lengths"].append(real.sum(axis=1))
+        parts["labels"].append(label.numpy())
+        if hidden_states:  # (batch, layers + 1, seq, hidden) -> (tokens, layers + 1, hidden)
+            parts["hidden_states"].append(outputs["hidden_states"].transpose(0, 2, 1, 3)[real].astype(np.float32))
         progress.update(step)
     log.info("feature extraction: encoded %d %s examples once in %.1f s (the encoder is frozen)",
-             len(examples), name, time.perf_counter() - started)
-    return EncodedSplit(examples, np.concatenate(labels))
+             sum(map(len, parts["lengths"])), name, time.perf_counter() - started)
+    arrays = {key: np.concatenate(values) for key, values in parts.items()}
+    return EncodedSplit(arrays, arrays.pop("lengths"), arrays.pop("labels"))
 
 
 def build_head_model(head: ClassificationHead, signature: dict) -> tf_keras.Model:
