@@ -206,7 +206,14 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         self.max_examples = max_examples
         self.attention_maps = attention_maps
         self.batch_size = batch_size
-        self.forward = tf.function(self._forward, reduce_retracing=True)
+        self.encode = tf.function(
+            lambda tokens: encoder_features(backbone, tokens, hidden_states="hidden_states" in head.reads),
+            reduce_retracing=True,
+        )
+        self.apply_head = tf.function(
+            lambda features: (head(features, training=False), head.pool(features)), reduce_retracing=True
+        )
+        self._frozen_features = {}  # a frozen encoder's outputs per batch, computed once
 
     def on_train_begin(self, logs=None):
         self.tracker = BestEpoch(self.monitor)
@@ -237,10 +244,18 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         if self.tracker.update(logs or {}) and self.max_examples:
             self._write_projector(pooled[: self.max_examples], predicted[: self.max_examples])
 
-    def _forward(self, tokens: dict) -> tuple[tf.Tensor, tf.Tensor]:
-        """(logits (batch, classes), pooled features (batch, features)) of int32 (batch, seq) tokens."""
-        features = encoder_features(self.backbone, tokens, hidden_states="hidden_states" in self.head.reads)
-        return self.head(features, training=False), self.head.pool(features)
+    def _forward(self, start: int, indices) -> tuple[tf.Tensor, tf.Tensor]:
+        """(logits (batch, classes), pooled features (batch, features)) of the examples at `indices`.
+
+        When no encoder weight trains (feature extraction), its outputs are kept after the
+        first epoch and only the head runs again.
+        """
+        features = self._frozen_features.get(start)
+        if features is None:
+            features = self.encode(self._padded(indices))
+            if not self.backbone.trainable_weights:
+                self._frozen_features[start] = features
+        return self.apply_head(features)
 
     def predict(self) -> tuple[np.ndarray, np.ndarray]:
         """(logits (examples, classes), pooled features (examples, features)) in split order."""
@@ -248,7 +263,7 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         logits, pooled = [None] * len(order), [None] * len(order)
         for start in range(0, len(order), self.batch_size):
             indices = order[start : start + self.batch_size]
-            batch_logits, batch_pooled = self.forward(self._padded(indices))
+            batch_logits, batch_pooled = self._forward(start, indices)
             for row, index in enumerate(indices):
                 logits[index], pooled[index] = batch_logits[row].numpy(), batch_pooled[row].numpy()
         return np.stack(logits), np.stack(pooled)
