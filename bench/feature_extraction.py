@@ -21,6 +21,7 @@ fine-tuning. Writes bench/results/feature_extraction.{json,md}.
 """
 
 import argparse
+import gc
 import statistics
 import sys
 import tempfile
@@ -181,11 +182,21 @@ def main() -> None:
         for head in args.heads:
             for seed in args.seeds:
                 runs.append(train_head(cfg, task, pipeline, splits, head, seed, Path(scratch)))
+                tf_keras.backend.clear_session()  # the finished run's model and datasets go
+                gc.collect()
                 print(runs[-1], flush=True)
+                # Written after every run, so a crash loses at most the run under way.
+                report = make_report(info, cfg, args, splits, fine_tuning, encoding, runs)
+                write_results("feature_extraction_quick" if args.quick else "feature_extraction", report, markdown(report))
+
+
+def make_report(info, cfg, args, splits, fine_tuning: dict, encoding: float, runs: list[dict]) -> dict:
+    """The results so far."""
+    heads = list(dict.fromkeys(row["head"] for row in runs))
     per_head = {head: statistics.mean(row["train_examples_per_second"] for row in runs if row["head"] == head)
-                for head in args.heads}
+                for head in heads}
     slowest = min(per_head, key=per_head.get)
-    report = {
+    return {
         "machine": load_average_at_end(info),
         "command": "python bench/feature_extraction.py " + " ".join(sys.argv[1:]),
         "epochs": cfg.trainer.epochs,
@@ -202,7 +213,6 @@ def main() -> None:
         "runs": runs,
         "peak_rss_mb": peak_rss_mb(),
     }
-    write_results("feature_extraction_quick" if args.quick else "feature_extraction", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -44,13 +44,24 @@ class EncodedSplit:
         self.features = features
         self.lengths = lengths
         self.labels = labels
+        self._tensors = {}  # features as (ragged) tensors, made once however many datasets are built
+
+    def _tensor(self, name: str):
+        if name not in self._tensors:
+            values = self.features[name]
+            self._tensors[name] = (
+                tf.RaggedTensor.from_row_lengths(values, self.lengths) if name in self.PER_TOKEN else tf.constant(values)
+            )
+        return self._tensors[name]
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def select(self, names) -> "EncodedSplit":
-        """The same split with only the features in `names`."""
-        return EncodedSplit({name: self.features[name] for name in names}, self.lengths, self.labels)
+        """The same split with only the features in `names` (sharing their tensors)."""
+        split = EncodedSplit({name: self.features[name] for name in names}, self.lengths, self.labels)
+        split._tensors = {name: self._tensor(name) for name in names}
+        return split
 
     def signature(self) -> dict:
         """tf.TensorSpec per feature of a batch, without the batch axis (a head model's inputs)."""
@@ -67,10 +78,7 @@ class EncodedSplit:
 
     def dataset(self, pipeline: Pipeline, training: bool = False) -> tf.data.Dataset:
         """(features, labels) batches of these outputs, batched as `pipeline` batches tokens."""
-        columns = {
-            name: tf.RaggedTensor.from_row_lengths(values, self.lengths) if name in self.PER_TOKEN else values
-            for name, values in self.features.items()
-        }
+        columns = {name: self._tensor(name) for name in self.features}
         examples = tf.data.Dataset.from_tensor_slices((columns, self.labels))
         examples = examples.map(_as_heads_read, num_parallel_calls=tf.data.AUTOTUNE)
         return pipeline.batch(examples, len(self), int(self.lengths.max(initial=0)), training)
