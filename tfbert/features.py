@@ -12,6 +12,7 @@ them, hidden_states ((layers + 1) x hidden); per example pooler_output (hidden).
 """
 
 import logging
+import sys
 import time
 
 import numpy as np
@@ -102,7 +103,7 @@ def encode_split(backbone: tf_keras.Model, head: ClassificationHead, batches: tf
         input_signature=[batches.element_spec[0]],
     )
     steps = int(batches.cardinality()) if batches.cardinality() >= 0 else None
-    progress = tf_keras.utils.Progbar(steps, unit_name="batch")
+    progress = tf_keras.utils.Progbar(steps, unit_name="batch", verbose=1 if sys.stdout.isatty() else 2)
     started = time.perf_counter()
     parts = {name: [] for name in ("last_hidden_state", "attention_mask", "pooler_output", "lengths", "labels")}
     if hidden_states:
