@@ -25,7 +25,6 @@ def create_adamw(
     epsilon: float = 1e-6,
     layer_decay: float | None = None,
     num_layers: int | None = None,
-    jit_compile: bool = True,
 ) -> tf_keras.optimizers.AdamW:
     """AdamW whose learning rate rises linearly for `warmup_ratio` of the steps, then falls to 0.
 
@@ -38,9 +37,6 @@ def create_adamw(
         layer_decay: in (0, 1]: layer-wise learning-rate decay (see LayerDecayAdamW);
             None: every variable learns at the same rate.
         num_layers: the encoder's number of layers; needed with `layer_decay`.
-        jit_compile: compile each variable's update with XLA, on any device. (tf_keras
-            does so only when it sees a GPU; on a CPU too, XLA fuses AdamW's dozen
-            elementwise passes over every weight and its moments into one.)
     """
     schedule = warmup_linear_decay(learning_rate, num_train_steps, warmup_ratio)
     settings = dict(
@@ -56,7 +52,6 @@ def create_adamw(
     else:
         optimizer = LayerDecayAdamW(layer_decay=layer_decay, num_layers=num_layers, **settings)
     optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
-    optimizer.jit_compile = jit_compile  # after the constructor, which turns it off without a GPU
     return optimizer
 
 
