@@ -108,6 +108,14 @@ def add_worker_arguments(parser, workers) -> None:
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
 
 
+def run_if_worker(args, workers) -> bool:
+    """In a worker process (`--worker NAME`): run that worker, write its JSON result, return True."""
+    if not args.worker:
+        return False
+    args.output.write_text(json.dumps(workers[args.worker](args)))
+    return True
+
+
 def load_average_at_end(info: dict) -> dict:
     """`info` with the load average now, after the workers (other processes show as load above 0)."""
     return {**info, "load_average_at_end": os.getloadavg()}

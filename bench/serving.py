@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from common import (
+    run_if_worker,
     load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, report_footer, peak_rss_mb, require_torch, run_worker, write_results,
 )
 
@@ -274,8 +275,7 @@ def parse_args(argv=None):
 
 def main():
     args = parse_args()
-    if args.worker:
-        args.output.write_text(json.dumps(WORKERS[args.worker](args)))
+    if run_if_worker(args, WORKERS):
         return
     read_run(args.export, args.run_dir)  # an unusable export fails now, not in a worker
     require_torch("bench/serving.py")

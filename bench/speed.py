@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 from common import (
+    run_if_worker,
     ROOT, load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, report_footer, peak_rss_mb, require_torch, run_worker,
     write_results,
 )
@@ -486,8 +487,7 @@ def parse_args(argv=None):
 
 def main():
     args = parse_args()
-    if args.worker:
-        args.output.write_text(json.dumps(WORKERS[args.worker](args)))
+    if run_if_worker(args, WORKERS):
         return
     require_torch("bench/speed.py")
     command = "python bench/speed.py " + " ".join(sys.argv[1:])
