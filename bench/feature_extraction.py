@@ -38,7 +38,6 @@ from common import ROOT, load_average_at_end, machine_info, peak_rss_mb, report_
 from tfbert.classifier import build_classifier
 from tfbert.evaluation import evaluate
 from tfbert.features import build_head_model, encode_split
-from tfbert.heads import LastLayersClsHead
 from tfbert.objectives import loss_and_metrics
 from tfbert.preprocessing import Preprocessor, load_tokenizer
 
@@ -171,9 +170,8 @@ def main() -> None:
     print(f"full fine-tuning: {fine_tuning['examples_per_second']:.1f} examples/s", flush=True)
 
     backbone = instantiate(cfg.model)  # frozen: experiment=feature_extraction
-    reads_everything = LastLayersClsHead(num_outputs=task.num_outputs)  # its reads include hidden_states
     started = time.perf_counter()
-    splits = {name: encode_split(backbone, reads_everything, data, name) for name, data in batches.items()}
+    splits = {name: encode_split(backbone, data, hidden_states=True, name=name) for name, data in batches.items()}
     encoding = sum(map(len, splits.values())) / (time.perf_counter() - started)
     del backbone
 

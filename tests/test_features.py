@@ -38,7 +38,7 @@ def test_head_on_encoded_features_equals_the_classifier(head_class, tokenizer):
     classifier = build_classifier(backbone, head)
     pipeline = Pipeline(batch_size=3, bucket_boundaries=[4, 8])
     batches = token_batches(tokenizer, TEXTS, LABELS, pipeline)
-    encoded = encode_split(backbone, head, batches)
+    encoded = encode_split(backbone, batches, hidden_states="hidden_states" in head.reads)
     assert len(encoded) == len(TEXTS)
     assert ("hidden_states" in encoded.features) == (head_class is LastLayersClsHead)
     assert encoded.features["attention_mask"].all()  # only real tokens are kept

@@ -94,10 +94,9 @@ def _as_heads_read(features: dict, label):
     return features, label
 
 
-def encode_split(backbone: tf_keras.Model, head: ClassificationHead, batches: tf.data.Dataset,
+def encode_split(backbone: tf_keras.Model, batches: tf.data.Dataset, hidden_states: bool = False,
                  name: str = "split") -> EncodedSplit:
-    """Run the encoder once over token `batches` and keep what `head` reads, real tokens only."""
-    hidden_states = "hidden_states" in head.reads
+    """Run the encoder once over token `batches`; real tokens only, `hidden_states` on request."""
     encode = tf.function(  # one trace for every batch shape
         lambda tokens: encoder_features(backbone, tokens, hidden_states=hidden_states),
         input_signature=[batches.element_spec[0]],
@@ -145,7 +144,8 @@ def feature_extraction(
     `train_batches` and `validation_batches` are token batches (any order); the
     returned train batches are reshuffled every epoch by `pipeline`.
     """
-    train = encode_split(backbone, head, train_batches, "train")
-    validation = encode_split(backbone, head, validation_batches, "validation")
+    hidden_states = "hidden_states" in head.reads
+    train = encode_split(backbone, train_batches, hidden_states, "train")
+    validation = encode_split(backbone, validation_batches, hidden_states, "validation")
     model = build_head_model(head, train.signature())
     return model, train.dataset(pipeline, training=True), validation.dataset(pipeline)
