@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from tfbert.optimization import create_adamw, warmup_linear_decay
+from tfbert.optimization import FusedAdamW, create_adamw, warmup_linear_decay
 
 
 def test_warmup_then_linear_decay_to_zero():
@@ -34,6 +34,48 @@ def test_layer_norm_and_bias_are_not_decayed():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         create_adamw(**kwargs)
+
+
+def train_embedding_and_dense(optimizer, jit_compile=False):
+    """Three steps on a gathered embedding (sparse gradient), a kernel and a bias; their values."""
+    embedding = tf.Variable(tf.reshape(tf.range(12, dtype=tf.float32) / 10, (6, 2)), name="embeddings/w")
+    kernel = tf.Variable([[0.5, -1.0], [2.0, 0.25]], name="dense/kernel")
+    bias = tf.Variable([0.1, -0.1], name="dense/bias")
+    variables = [embedding, kernel, bias]
+
+    @tf.function(jit_compile=jit_compile)
+    def step(ids):
+        with tf.GradientTape() as tape:
+            hidden = tf.matmul(tf.gather(embedding, ids), kernel) + bias
+            loss = tf.reduce_sum(tf.square(hidden - 1.0))
+        gradients = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(gradients, variables))
+        return gradients[0]
+
+    optimizer.build(variables)
+    sparse = [step(tf.constant(ids)) for ids in ([0, 2, 2], [1, 5], [3, 0])]
+    return [variable.numpy() for variable in variables], sparse
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_fused_adamw_matches_keras_adamw(jit_compile):
+    """The fused kernel is the same AdamW, sparse embedding gradients and weight decay included."""
+    settings = dict(learning_rate=0.05, weight_decay=0.1, epsilon=1e-6, global_clipnorm=1.0)
+    keras_optimizer = tf_keras.optimizers.AdamW(**settings)
+    fused_optimizer = FusedAdamW(**settings)
+    for optimizer in (keras_optimizer, fused_optimizer):
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
+    expected, _ = train_embedding_and_dense(keras_optimizer)
+    fused, gradients = train_embedding_and_dense(fused_optimizer, jit_compile)
+    assert all(isinstance(gradient, tf.IndexedSlices) for gradient in gradients)
+    assert not np.allclose(fused[0], np.reshape(np.arange(12) / 10, (6, 2)))  # it did train
+    for got, want in zip(fused, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_create_adamw_uses_the_fused_kernel():
+    assert isinstance(create_adamw(num_train_steps=10), FusedAdamW)
+    assert isinstance(create_adamw(num_train_steps=10, layer_decay=0.9, num_layers=2), FusedAdamW)
 
 
 def toy_variables():
