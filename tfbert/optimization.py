@@ -66,8 +66,7 @@ class FusedAdamW(tf_keras.optimizers.AdamW):
     ops, each writing a temporary as big as the variable. A sparse gradient (the word
     embeddings' gather) is made dense first, as Adam updates every row anyway: Keras'
     sparse path scatters into the moments, which makes TensorFlow copy them whole on
-    every later read. On MiniLM this cuts the optimizer's share of a CPU training step
-    from about a fifth to a few percent (bench/speed.py). `amsgrad` keeps Keras' step.
+    every later read. `amsgrad` keeps Keras' step. bench/results/speed.md has the effect.
     """
 
     def update_step(self, gradient, variable):
