@@ -17,7 +17,8 @@ steps and the same thread count, each in its own process, one after the other:
 
 The first --warmup steps (graph tracing, allocations) are run but not timed. A fourth
 process measures the hardware limit: the best float32 matmul throughput TensorFlow
-reaches on square matrices (GFLOP/s), before and after the three runs.
+reaches on square matrices (GFLOP/s), before and after the three runs, and what the
+model's own training matmul shapes reach (the ceiling for MFU with these kernels).
 
 Reported per system: examples/s, real tokens/s (tokens that are not padding), padding
 efficiency (real / padded tokens), model FLOPs utilization, peak RSS of its process, and
@@ -335,22 +336,57 @@ def run_pytorch(args) -> dict:
 
 
 def run_matmul(args) -> dict:
-    """Best float32 matmul throughput TensorFlow reaches, over square sizes (GFLOP/s)."""
+    """Best float32 matmul throughput TensorFlow reaches, over square sizes (GFLOP/s), and
+    what the model's own training matmuls reach (see layer_matmul_gflops)."""
     tf = load_tensorflow(args.threads)
     rates = {}
     for size in args.matmul_sizes:
         a = tf.random.normal((size, size))
         b = tf.random.normal((size, size))
-        tf.matmul(a, b).numpy()  # warm up
-        repeats, start = 0, time.perf_counter()
-        while time.perf_counter() - start < args.matmul_seconds:
-            product = tf.matmul(a, b)
-            repeats += 1
-        float(product[0, 0])  # waits for the last product
-        seconds = time.perf_counter() - start
-        rates[size] = 2 * size**3 * repeats / seconds / 1e9
+        rates[size] = timed_gflops(tf, lambda: tf.matmul(a, b), 2 * size**3, args.matmul_seconds)
     best = max(rates, key=rates.get)
-    return {"gflops": rates[best], "best_size": best, "gflops_by_size": rates}
+    return {"gflops": rates[best], "best_size": best, "gflops_by_size": rates,
+            "layer_gflops": layer_matmul_gflops(tf, args), "layer_tokens": args.batch_size * LAYER_TOKENS_PER_SEQUENCE}
+
+
+def timed_gflops(tf, compute, flops: float, seconds: float) -> float:
+    """GFLOP/s of calling `compute` (returning a tensor, or a list of them) for `seconds`."""
+    result = compute()  # warm up (and trace)
+    repeats, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        result = compute()
+        repeats += 1
+    float(tf.nest.flatten(result)[-1][0, 0])  # waits for the last product
+    return flops * repeats / (time.perf_counter() - start) / 1e9
+
+
+LAYER_TOKENS_PER_SEQUENCE = 32  # about tfbert's mean padded length on the sentiment corpus
+
+
+def layer_matmul_gflops(tf, args) -> float:
+    """GFLOP/s of one encoder layer's training matmuls at the benchmark's batch size.
+
+    Every dense layer of a BERT layer (query, key, value, attention output, intermediate,
+    output) on batch x 32 tokens, forward (x @ W) and backward (dy @ W^T, x^T @ dy): the
+    shapes the training step multiplies, without anything else. With these kernels, the
+    ceiling for MFU is this rate over the square-matrix peak.
+    """
+    from tfbert.model_dir import resolve_model_dir
+
+    config = json.loads((resolve_model_dir(MODEL, weights=False) / "config.json").read_text())
+    hidden, intermediate = config["hidden_size"], config["intermediate_size"]
+    tokens = args.batch_size * LAYER_TOKENS_PER_SEQUENCE
+    operands, flops = [], 0
+    for inputs, outputs in [(hidden, hidden)] * 4 + [(hidden, intermediate), (intermediate, hidden)]:
+        x, w, dy = (tf.random.normal(shape) for shape in ((tokens, inputs), (inputs, outputs), (tokens, outputs)))
+        operands += [(x, w, False, False), (dy, w, False, True), (x, dy, True, False)]
+        flops += 3 * 2 * tokens * inputs * outputs
+
+    @tf.function
+    def layer():
+        return [tf.matmul(a, b, transpose_a=ta, transpose_b=tb) for a, b, ta, tb in operands]
+
+    return timed_gflops(tf, layer, flops, args.matmul_seconds)
 
 
 WORKERS = {"tfbert": run_tfbert, "transformers_tf": run_transformers_tf, "pytorch": run_pytorch, "matmul": run_matmul}
@@ -453,6 +489,13 @@ def markdown(report: dict) -> str:
             for run in report["matmul_runs"]
         ) + ".",
         "",
+        f"The model's own training matmuls (one encoder layer's dense layers, forward and backward, on "
+        f"{report['matmul_runs'][0]['layer_tokens']:,} tokens: batch x 32) reach "
+        + " and ".join(f"{run['layer_gflops']:.1f}" for run in report["matmul_runs"])
+        + f" GFLOP/s before and after the runs, {report['layer_matmul_share']:.0%} of the peak at best: with "
+        f"these kernels, an MFU above that is out of reach. tfbert's MFU is "
+        f"{tfbert['mfu'] / report['layer_matmul_share']:.0%} of it.",
+        "",
         *target_lines(report),
     ]
     if "profile" in report["runs"]["tfbert"]:
@@ -508,6 +551,7 @@ def main():
         "machine": load_average_at_end(info),
         "matmul_peak_gflops": peak["gflops"],
         "matmul_runs": peaks,
+        "layer_matmul_share": max(run["layer_gflops"] for run in peaks) / peak["gflops"],
         "encoder_params": runs["tfbert"]["encoder_params"],
         "systems": {name: summarize(name, run, peak["gflops"]) for name, run in runs.items()},
         "runs": runs,
