@@ -493,7 +493,7 @@ def markdown(report: dict) -> str:
         f"{report['matmul_runs'][0]['layer_tokens']:,} tokens: batch x 32) reach "
         + " and ".join(f"{run['layer_gflops']:.1f}" for run in report["matmul_runs"])
         + f" GFLOP/s before and after the runs, {report['layer_matmul_share']:.0%} of the peak at best: with "
-        f"these kernels, an MFU above that is out of reach. tfbert's MFU is "
+        f"these kernels, a training step of this model cannot reach a higher MFU. tfbert's MFU is "
         f"{tfbert['mfu'] / report['layer_matmul_share']:.0%} of it.",
         "",
         *target_lines(report),
