@@ -82,11 +82,19 @@ def cpu_name() -> str:
 def machine_info() -> dict:
     """CPU, cores, load and package versions, for the results files."""
     versions = {
-        package: importlib.metadata.version(package)
+        package: installed_version(package)
         for package in ("tensorflow", "tf-keras", "tensorflow-text", "transformers", "torch")
     }
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "load_average_at_start": os.getloadavg(), **versions}
+
+
+def installed_version(package: str) -> str:
+    """The installed version of `package`, or "not installed" (torch is only in the bench extra)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def machine_line(info: dict) -> str:

@@ -10,15 +10,12 @@ bench/results/heads.json and bench/results/heads.md.
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from common import ROOT, load_average_at_end, machine_info, report_footer, write_results
 
 
 def run_one(head: str, seed: int, overrides: list[str]) -> dict:
@@ -42,7 +39,8 @@ def run_one(head: str, seed: int, overrides: list[str]) -> dict:
     }
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(report: dict) -> str:
+    rows = report["runs"]
     lines = [
         "| head | seeds | test accuracy | test macro F1 | wall time (min) |",
         "|---|---|---|---|---|",
@@ -61,6 +59,8 @@ def markdown(rows: list[dict]) -> str:
             f"| {head} | {len(mine)} | {summary('test_accuracy')} | {summary('test_f1_macro')} "
             f"| {summary('wall_seconds', 1 / 60, 1)} |"
         )
+    lines += ["", "Wall time: the whole `python train.py` process (data, training, evaluation, export).",
+              *report_footer(report)]
     return "\n".join(lines) + "\n"
 
 
@@ -71,20 +71,14 @@ def main():
     parser.add_argument("--name", default="heads", help="results file stem")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
     rows = []
     for head in args.heads:
         for seed in args.seeds:
             rows.append(run_one(head, seed, args.overrides))
-            report = {
-                "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
-                           f"{__import__('os').cpu_count()} cores",
-                "command": "python bench/heads.py " + " ".join(sys.argv[1:]),
-                "runs": rows,
-            }
-            (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
-            (RESULTS / f"{args.name}.md").write_text(markdown(rows))
-    print(markdown(rows))
+            report = {"machine": load_average_at_end(info), "command": "python bench/heads.py " + " ".join(sys.argv[1:]),
+                      "runs": rows}
+            write_results(args.name, report, markdown(report))  # after every run: nothing lost if stopped
 
 
 if __name__ == "__main__":
