@@ -56,12 +56,26 @@ def run_worker(script: Path, name: str, framework: str, threads: int, arguments:
     return result
 
 
-def load_tensorflow(threads: int):
-    """TensorFlow with `threads` intra-op threads (set before its runtime starts)."""
+def load_tensorflow(threads: int, onednn: bool | None = None):
+    """TensorFlow with `threads` intra-op threads (set before its runtime starts).
+
+    `onednn` turns TensorFlow's oneDNN CPU kernels on or off (TF_ENABLE_ONEDNN_OPTS, read
+    when TensorFlow loads); None leaves the environment's choice, or TensorFlow's default
+    for this CPU (off without AVX-512).
+    """
+    if onednn is not None:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     return tf
+
+
+def onednn_enabled() -> bool:
+    """Whether this process's TensorFlow runs its oneDNN CPU kernels."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def peak_rss_mb() -> float:

@@ -4,7 +4,8 @@ Both serve the same fine-tuned weights, on sentiment-corpus sentences, each in i
 process with the same thread count:
 
   tensorflow  the export of a run (`<run_dir>/export/sentiment/1`, from `python train.py`):
-              its `serving_default` signature, raw strings in (tokenized in the graph).
+              its `serving_default` signature, raw strings in (tokenized in the graph),
+              with TensorFlow's oneDNN kernels on, as tfbert's processes run it.
   pytorch     transformers `pipeline("text-classification")` on a PyTorch
               BertForSequenceClassification holding the same weights (torch CPU).
 
@@ -41,7 +42,8 @@ from pathlib import Path
 
 from common import (
     run_if_worker,
-    load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, report_footer, peak_rss_mb, require_torch, run_worker, write_results,
+    load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, onednn_enabled, report_footer, peak_rss_mb,
+    require_torch, run_worker, write_results,
 )
 
 BATCH_SIZE = 32
@@ -106,7 +108,13 @@ def measure(predict, args) -> dict:
 
 
 def run_tensorflow(args) -> dict:
-    """The SavedModel's serving_default; also writes the PyTorch twin of its weights."""
+    """The SavedModel's serving_default; also writes the PyTorch twin of its weights.
+
+    Served as tfbert's own processes serve it (tfbert.predict): with tfbert's environment,
+    TensorFlow's oneDNN kernels on (TF_ENABLE_ONEDNN_OPTS=1, what a server should set too).
+    """
+    import tfbert  # noqa: F401  (tfbert's environment, before TensorFlow loads)
+
     tf = load_tensorflow(args.threads)
     import tensorflow_text  # noqa: F401  (registers the in-graph tokenizer's ops)
 
@@ -118,7 +126,8 @@ def run_tensorflow(args) -> dict:
         return serve(text=tf.constant(texts))["probabilities"].numpy()  # (batch, classes)
 
     result = measure(predict, args)
-    return {**result, **matmul_floors(tf, loaded.model.variables, args), "peak_rss_mb": peak_rss_mb()}
+    return {**result, **matmul_floors(tf, loaded.model.variables, args), "onednn": onednn_enabled(),
+            "peak_rss_mb": peak_rss_mb()}
 
 
 ENCODER_KERNEL = re.compile(r"encoder/layer_\._(\d+)/(.+)/kernel")
@@ -238,7 +247,9 @@ def markdown(report: dict) -> str:
     lines += [
         f"Serving {report['export']}: batch-{BATCH_SIZE} throughput over {report['sentences']} sentences, "
         f"batch-1 latency over {report['latency_calls']} calls, {report['threads']} threads. Same weights "
-        f"(converted from the SavedModel); probabilities agree within {report['max_probability_difference']:.1e}.",
+        f"(converted from the SavedModel); probabilities agree within {report['max_probability_difference']:.1e}. "
+        f"TensorFlow's oneDNN kernels {'on' if tf_row.get('onednn') else 'off'} (TF_ENABLE_ONEDNN_OPTS, as tfbert "
+        "sets it).",
         "",
         "| system | throughput (sentences/s) | p50 latency (ms) | p95 latency (ms) | peak RSS (MB) |",
         "|---|---|---|---|---|",

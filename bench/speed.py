@@ -17,8 +17,14 @@ steps and the same thread count, each in its own process, one after the other:
 
 The first --warmup steps (graph tracing, allocations) are run but not timed. A fourth
 process measures the hardware limit: the best float32 matmul throughput TensorFlow
-reaches on square matrices (GFLOP/s), before and after the three runs, and what the
-model's own training matmul shapes reach (the ceiling for MFU with these kernels).
+reaches on square matrices (GFLOP/s), with its default kernels and with its oneDNN ones,
+before and after the three runs, and what the model's own training matmul shapes reach
+(the ceiling for MFU with these kernels).
+
+TensorFlow kernels: tfbert runs as tfbert sets it up, with TensorFlow's oneDNN kernels
+(tfbert/__init__.py); the transformers TF recipe runs with TensorFlow's defaults, as a
+user copying it gets them (oneDNN off on CPUs without AVX-512). The results record
+which each used.
 
 Reported per system: examples/s, real tokens/s (tokens that are not padding), padding
 efficiency (real / padded tokens), model FLOPs utilization, peak RSS of its process, and
@@ -52,7 +58,8 @@ from pathlib import Path
 
 from common import (
     run_if_worker,
-    ROOT, load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, report_footer, peak_rss_mb, require_torch, run_worker,
+    ROOT, load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, onednn_enabled, report_footer, peak_rss_mb,
+    require_torch, run_worker,
     write_results,
 )
 
@@ -161,6 +168,8 @@ def fit_timed(model, data, steps: int, warmup: int, counter: TokenCounter, **fit
 
 def run_tfbert(args) -> dict:
     """tfbert's default run (conf/, plus the given overrides), trained with model.fit."""
+    import tfbert  # noqa: F401  (tfbert's environment, oneDNN kernels on, before TensorFlow loads)
+
     load_tensorflow(args.threads)
     import tf_keras
     from hydra import compose, initialize_config_dir
@@ -196,7 +205,7 @@ def run_tfbert(args) -> dict:
     if args.profile_steps:
         result["profile"] = profile_op_types(model, data.take(args.profile_steps), class_weight=task.class_weights())
     result["settings"] = {"overrides": list(args.overrides), "jit_compile": trainer.jit_compile,
-                          "steps_per_execution": trainer.steps_per_execution}
+                          "steps_per_execution": trainer.steps_per_execution, "onednn": onednn_enabled()}
     return result
 
 
@@ -277,7 +286,7 @@ def run_transformers_tf(args) -> dict:
         metrics=["accuracy"],
     )
     result = fit_timed(model, data, args.steps, args.warmup, TokenCounter(config))
-    result["settings"] = {"padding": "max_length", "max_length": MAX_LENGTH}
+    result["settings"] = {"padding": "max_length", "max_length": MAX_LENGTH, "onednn": onednn_enabled()}
     return result
 
 
@@ -337,15 +346,16 @@ def run_pytorch(args) -> dict:
 
 def run_matmul(args) -> dict:
     """Best float32 matmul throughput TensorFlow reaches, over square sizes (GFLOP/s), and
-    what the model's own training matmuls reach (see layer_matmul_gflops)."""
-    tf = load_tensorflow(args.threads)
+    what the model's own training matmuls reach (see layer_matmul_gflops); with its
+    oneDNN kernels or its default (Eigen) ones, as --onednn says."""
+    tf = load_tensorflow(args.threads, onednn=args.onednn == "on")
     rates = {}
     for size in args.matmul_sizes:
         a = tf.random.normal((size, size))
         b = tf.random.normal((size, size))
         rates[size] = timed_gflops(tf, lambda: tf.matmul(a, b), 2 * size**3, args.matmul_seconds)
     best = max(rates, key=rates.get)
-    return {"gflops": rates[best], "best_size": best, "gflops_by_size": rates,
+    return {"gflops": rates[best], "best_size": best, "gflops_by_size": rates, "onednn": onednn_enabled(),
             "layer_gflops": layer_matmul_gflops(tf, args), "layer_tokens": args.batch_size * LAYER_TOKENS_PER_SEQUENCE}
 
 
@@ -466,7 +476,11 @@ def markdown(report: dict) -> str:
     lines += [
         f"Training speed, batch {report['batch_size']}, {report['steps']} timed steps after "
         f"{report['warmup']} warmup steps, {report['threads']} threads; matmul peak "
-        f"{report['matmul_peak_gflops']:.1f} GFLOP/s (float32, TensorFlow).",
+        f"{report['matmul_peak_gflops']:.1f} GFLOP/s (float32, TensorFlow, the best of its default and oneDNN "
+        "kernels). TensorFlow's oneDNN kernels: " + ", ".join(
+            f"{name} {'on' if run['settings']['onednn'] else 'off'}"
+            for name, run in report["runs"].items() if "onednn" in run.get("settings", {})
+        ) + " (tfbert turns them on; the recipe runs with TensorFlow's defaults for this CPU).",
         "",
         "| system | examples/s | real tokens/s | padding efficiency | GFLOP/s performed | MFU | useful MFU "
         "| peak RSS (MB) | tfbert speedup (examples/s) |",
@@ -485,14 +499,15 @@ def markdown(report: dict) -> str:
         "real tokens only. FLOPs per sequence = 6 * N * tokens + 12 * layers * hidden * length^2, "
         f"N = {report['encoder_params']:,} encoder-layer parameters. Matmul GFLOP/s by size, before and "
         "after the training runs: " + "; ".join(
-            ", ".join(f"{size}: {rate:.1f}" for size, rate in run["gflops_by_size"].items())
+            f"{'oneDNN' if run['onednn'] else 'default'} kernels "
+            + ", ".join(f"{size}: {rate:.1f}" for size, rate in run["gflops_by_size"].items())
             for run in report["matmul_runs"]
         ) + ".",
         "",
         f"The model's own training matmuls (one encoder layer's dense layers, forward and backward, on "
         f"{report['matmul_runs'][0]['layer_tokens']:,} tokens: batch x 32) reach "
-        + " and ".join(f"{run['layer_gflops']:.1f}" for run in report["matmul_runs"])
-        + f" GFLOP/s before and after the runs, {report['layer_matmul_share']:.0%} of the peak at best: with "
+        + ", ".join(f"{run['layer_gflops']:.1f}" for run in report["matmul_runs"])
+        + f" GFLOP/s in the same order, {report['layer_matmul_share']:.0%} of the peak at best: with "
         f"these kernels, a training step of this model cannot reach a higher MFU. tfbert's MFU is "
         f"{tfbert['mfu'] / report['layer_matmul_share']:.0%} of it.",
         "",
@@ -511,6 +526,7 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 10; 2 with --quick)")
     parser.add_argument("--batch-size", type=int, default=32)
     add_worker_arguments(parser, WORKERS)
+    parser.add_argument("--onednn", choices=("on", "off"), help=argparse.SUPPRESS)  # the matmul worker's kernels
     parser.add_argument("--matmul-sizes", type=int, nargs="+", help="square matmul sizes (default 1024 2048 3072 4096)")
     parser.add_argument("--matmul-seconds", type=float, default=3.0, help="time per matmul size")
     parser.add_argument("--profile-steps", type=int, default=5,
@@ -537,9 +553,15 @@ def main():
     print(f"$ {command}", flush=True)
     info = machine_info()
     script, arguments = Path(__file__), worker_arguments(args)
-    peaks = [run_worker(script, "matmul", "tensorflow", args.threads, arguments)]
+
+    def matmul_runs() -> list[dict]:
+        """The matmul peak with TensorFlow's default kernels and with its oneDNN ones."""
+        return [run_worker(script, "matmul", "tensorflow", args.threads, ["--onednn", onednn, *arguments])
+                for onednn in ("off", "on")]
+
+    peaks = matmul_runs()
     runs = {name: run_worker(script, name, framework, args.threads, arguments) for name, framework in SYSTEMS.items()}
-    peaks.append(run_worker(script, "matmul", "tensorflow", args.threads, arguments))
+    peaks += matmul_runs()
     peak = max(peaks, key=lambda run: run["gflops"])
     report = {
         "command": command,

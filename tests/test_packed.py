@@ -1,14 +1,23 @@
 """The packed encoder (real tokens only) computes what the padded TFBertModel computes."""
 
+import inspect
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from tfbert.classifier import encoder_features
+from tfbert import heads
+from tfbert.classifier import build_classifier, encoder_features
+from tfbert.export import ServingModule
 from tfbert.packed import packed_encoder_features
 from tfbert.preprocessing import InGraphTokenizer
 
 TEXTS = ["a fine film", "", "the plot drags on and on, for far too long, and nobody in it seems to care",
          "Ünïcödé and 漢字 and emoji 🙂", "ok"]
+HEAD_CLASSES = [
+    head for head in vars(heads).values()
+    if inspect.isclass(head) and issubclass(head, heads.ClassificationHead) and head is not heads.ClassificationHead
+]
 PAIRS = ["it is", "nothing", "yes", "a much longer second sentence than the first one", ""]
 
 
@@ -35,3 +44,34 @@ def test_packed_takes_an_empty_batch(tiny_backbone, tokenizer):
     input_ids, token_type_ids = InGraphTokenizer.from_tokenizer(tokenizer, max_length=16).rows(tf.constant([], tf.string))
     features = packed_encoder_features(tiny_backbone, input_ids, token_type_ids)
     assert features["last_hidden_state"].shape[0] == 0 and features["pooler_output"].shape[0] == 0
+
+
+def test_cls_only_computes_the_same_cls_outputs(tiny_backbone, tokenizer):
+    in_graph = InGraphTokenizer.from_tokenizer(tokenizer, max_length=16)
+    for texts in ([tf.constant(TEXTS)], [tf.constant(TEXTS), tf.constant(PAIRS)]):
+        input_ids, token_type_ids = in_graph.rows(*texts)
+        full = packed_encoder_features(tiny_backbone, input_ids, token_type_ids)
+        cls = packed_encoder_features(tiny_backbone, input_ids, token_type_ids, cls_only=True)
+        assert cls["last_hidden_state"].shape == (len(TEXTS), 1, full["last_hidden_state"].shape[-1])
+        np.testing.assert_array_equal(cls["attention_mask"].numpy(), np.ones((len(TEXTS), 1)))
+        np.testing.assert_allclose(cls["last_hidden_state"][:, 0], full["last_hidden_state"][:, 0], atol=1e-5)
+        np.testing.assert_allclose(cls["pooler_output"], full["pooler_output"], atol=1e-5)
+    empty = packed_encoder_features(tiny_backbone, *in_graph.rows(tf.constant([], tf.string)), cls_only=True)
+    assert empty["last_hidden_state"].shape[0] == 0 and empty["pooler_output"].shape[0] == 0
+
+
+def test_cls_only_refuses_hidden_states(tiny_backbone, tokenizer):
+    rows = InGraphTokenizer.from_tokenizer(tokenizer, max_length=16).rows(tf.constant(TEXTS))
+    with pytest.raises(ValueError, match="cannot return hidden_states"):
+        packed_encoder_features(tiny_backbone, *rows, hidden_states=True, cls_only=True)
+
+
+@pytest.mark.parametrize("head_class", HEAD_CLASSES, ids=lambda head_class: head_class.__name__)
+def test_heads_that_read_only_cls_serve_as_the_keras_model(head_class, tiny_backbone, tokenizer):
+    """A head's reads_cls_only is only true where serving's [CLS]-only top layer changes nothing."""
+    arguments = {"num_layers": 2} if head_class is heads.LastLayersClsHead else {}  # the tiny BERT has 2 layers
+    model = build_classifier(tiny_backbone, head_class(num_outputs=2, **arguments))
+    in_graph = InGraphTokenizer.from_tokenizer(tokenizer, max_length=16)
+    keras = model(in_graph(tf.constant(TEXTS)), training=False)
+    served = ServingModule(model, in_graph, ["negative", "positive"]).serve_text(tf.constant(TEXTS))
+    np.testing.assert_allclose(served["logits"], keras, atol=1e-5)

@@ -42,7 +42,8 @@ class ServingModule(tf.Module):
 
     `serving_default`: string `text` (batch,) [and `text_pair` (batch,)], tokenized in the
         graph; the encoder runs on the real tokens only (tfbert.packed), so a request of
-        mixed lengths costs no padding.
+        mixed lengths costs no padding, and its top layer on [CLS] alone for heads that
+        read only [CLS].
     `serve_ids`: int32 `input_ids`, `attention_mask`, `token_type_ids` (batch, seq).
     Outputs, by problem type:
         single_label: `logits`, `probabilities` (softmax) float32 (batch, classes),
@@ -105,7 +106,11 @@ class ServingModule(tf.Module):
     def _serve_text(self, *texts):
         input_ids, token_type_ids = self.tokenizer.rows(*texts)
         features = packed_encoder_features(
-            self.backbone, input_ids, token_type_ids, hidden_states="hidden_states" in self.head.reads
+            self.backbone,
+            input_ids,
+            token_type_ids,
+            hidden_states="hidden_states" in self.head.reads,
+            cls_only=self.head.reads_cls_only,
         )
         return self._outputs(self.head(features, training=False))
 

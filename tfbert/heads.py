@@ -35,6 +35,9 @@ class ClassificationHead(tf_keras.layers.Layer):
     # pretrained pooler untrained when a head does not read pooler_output, and asks the
     # encoder for hidden_states only when a head reads them.
     reads = ("last_hidden_state",)
+    # True where `pool` reads position 0 ([CLS]) of last_hidden_state only (pooler_output
+    # reads it too): serving then runs the top encoder layer for [CLS] alone (tfbert.packed).
+    reads_cls_only = False
 
     def __init__(
         self,
@@ -98,6 +101,7 @@ class PoolerHead(ClassificationHead):
     """BERT's pooler_output: the [CLS] vector through the pretrained dense + tanh."""
 
     reads = ("pooler_output",)
+    reads_cls_only = True
 
     def pool(self, features):
         return features["pooler_output"]
@@ -106,6 +110,8 @@ class PoolerHead(ClassificationHead):
 @tf_keras.saving.register_keras_serializable(package=PACKAGE)
 class ClsHead(ClassificationHead):
     """The raw [CLS] vector: last_hidden_state[:, 0]."""
+
+    reads_cls_only = True
 
     def pool(self, features):
         return features["last_hidden_state"][:, 0]

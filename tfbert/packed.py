@@ -5,9 +5,11 @@ its matrix multiplications on padding (on the sentiment corpus a batch of 32 is 
 half padding). Here the encoder's per-token work (embeddings, the query/key/value,
 output and feed-forward dense layers, layer norms) runs on the batch's real tokens
 packed end to end, (1, tokens, hidden); only attention, which mixes the tokens of one
-sentence, sees a padded (batch, heads, seq, seq) view. The layers and weights are the
-TFBertModel's own, called in inference mode, so the outputs equal the padded model's
-up to float rounding.
+sentence, sees a padded (batch, heads, seq, seq) view. For a head that reads only
+[CLS] (`cls_only`), the top layer's queries, output and feed-forward layers run for
+the [CLS] tokens alone: the other positions of the top layer feed nothing it reads.
+The layers and weights are the TFBertModel's own, called in inference mode, so the
+outputs equal the padded model's up to float rounding.
 """
 
 import tensorflow as tf
@@ -15,13 +17,21 @@ import tf_keras
 
 
 def packed_encoder_features(
-    backbone: tf_keras.Model, input_ids: tf.RaggedTensor, token_type_ids: tf.RaggedTensor, hidden_states: bool = False
+    backbone: tf_keras.Model,
+    input_ids: tf.RaggedTensor,
+    token_type_ids: tf.RaggedTensor,
+    hidden_states: bool = False,
+    cls_only: bool = False,
 ) -> dict:
     """The dict a head reads (see tfbert.heads), for ragged int32 (batch, None) token rows.
 
     `backbone` is a TFBertModel; padded outputs are zero beyond each row's length.
     `hidden_states` adds every layer's output, (batch, layers + 1, seq, hidden).
+    `cls_only` (not with hidden_states): last_hidden_state is (batch, 1, hidden), the
+    [CLS] vectors only, and attention_mask (batch, 1); pooler_output is unchanged.
     """
+    if cls_only and hidden_states:
+        raise ValueError("cls_only computes the top layer for [CLS] only, so it cannot return hidden_states")
     bert = backbone.bert
     row_lengths = input_ids.row_lengths()
     positions = tf.ragged.range(row_lengths).flat_values  # (tokens,)
@@ -45,26 +55,35 @@ def packed_encoder_features(
         return tf.gather(tf.pad(packed[0], [[0, 1], [0, 0]]), slot)
 
     layer_outputs = [tokens]
-    for layer in bert.encoder.layer:
+    layers = bert.encoder.layer
+    for index, layer in enumerate(layers):
         attention = layer.attention.self_attention
         heads, head_size = attention.num_attention_heads, attention.attention_head_size
-        rows = padded(tf.concat([attention.query(tokens), attention.key(tokens), attention.value(tokens)], -1))
-        shape = tf.shape(rows)  # (batch, seq, 3 * hidden)
-        rows = tf.transpose(tf.reshape(rows, [shape[0], shape[1], 3, heads, head_size]), [2, 0, 3, 1, 4])
-        query, key, value = rows[0], rows[1], rows[2]  # each (batch, heads, seq, head_size)
-        scores = tf.matmul(query, key, transpose_b=True) / tf.cast(attention.sqrt_att_head_size, tokens.dtype)
-        probabilities = tf.nn.softmax(scores + key_bias, axis=-1)  # (batch, heads, seq, seq)
-        context = tf.transpose(tf.matmul(probabilities, value), [0, 2, 1, 3])  # (batch, seq, heads, head_size)
-        context = tf.gather(tf.reshape(context, [-1, heads * head_size]), real_slots)[tf.newaxis]  # (1, tokens, hidden)
-        tokens = layer.attention.dense_output(context, tokens, training=False)
+
+        def split_heads(rows: tf.Tensor) -> tf.Tensor:
+            """(batch, positions, heads * head_size) -> (batch, heads, positions, head_size)."""
+            shape = tf.shape(rows)
+            return tf.transpose(tf.reshape(rows, [shape[0], shape[1], heads, head_size]), [0, 2, 1, 3])
+
+        top_cls_only = cls_only and index == len(layers) - 1
+        # The positions this layer computes outputs for: every token, or each row's [CLS].
+        queries = tf.gather(tokens, input_ids.row_starts(), axis=1) if top_cls_only else tokens  # (1, q, hidden)
+        query = tf.transpose(attention.query(queries), [1, 0, 2]) if top_cls_only else padded(attention.query(tokens))
+        scores = tf.matmul(split_heads(query), split_heads(padded(attention.key(tokens))), transpose_b=True)
+        scores /= tf.cast(attention.sqrt_att_head_size, tokens.dtype)
+        probabilities = tf.nn.softmax(scores + key_bias, axis=-1)  # (batch, heads, q, seq)
+        context = tf.matmul(probabilities, split_heads(padded(attention.value(tokens))))  # (batch, heads, q, size)
+        context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [-1, heads * head_size])  # (batch * q, hidden)
+        context = (context if top_cls_only else tf.gather(context, real_slots))[tf.newaxis]  # (1, q, hidden)
+        tokens = layer.attention.dense_output(context, queries, training=False)
         tokens = layer.bert_output(layer.intermediate(tokens), tokens, training=False)
         layer_outputs.append(tokens)
 
-    last_hidden_state = padded(tokens)  # (batch, seq, hidden)
+    last_hidden_state = tf.transpose(tokens, [1, 0, 2]) if cls_only else padded(tokens)  # (batch, seq or 1, hidden)
     features = {
         "last_hidden_state": last_hidden_state,
         "pooler_output": bert.pooler(last_hidden_state),  # (batch, hidden): reads [:, 0]
-        "attention_mask": tf.cast(real, tf.int32),
+        "attention_mask": tf.cast(real[:, :1] if cls_only else real, tf.int32),
     }
     if hidden_states:
         features["hidden_states"] = tf.stack([padded(output) for output in layer_outputs], axis=1)
