@@ -60,26 +60,32 @@ def packed_encoder_features(
         attention = layer.attention.self_attention
         heads, head_size = attention.num_attention_heads, attention.attention_head_size
 
-        def split_heads(rows: tf.Tensor) -> tf.Tensor:
-            """(batch, positions, heads * head_size) -> (batch, heads, positions, head_size)."""
+        def split_heads(rows: tf.Tensor, parts: int) -> list[tf.Tensor]:
+            """(batch, positions, parts * hidden) -> `parts` x (batch, heads, positions, head_size); one transpose."""
             shape = tf.shape(rows)
-            return tf.transpose(tf.reshape(rows, [shape[0], shape[1], heads, head_size]), [0, 2, 1, 3])
+            rows = tf.reshape(rows, [shape[0], shape[1], parts, heads, head_size])
+            return tf.unstack(tf.transpose(rows, [2, 0, 3, 1, 4]), parts)
 
         top_cls_only = cls_only and index == len(layers) - 1
-        # The positions this layer computes outputs for: every token, or each row's [CLS].
-        queries = tf.gather(tokens, input_ids.row_starts(), axis=1) if top_cls_only else tokens  # (1, q, hidden)
-        query = tf.transpose(attention.query(queries), [1, 0, 2]) if top_cls_only else padded(attention.query(tokens))
-        scores = tf.matmul(split_heads(query), split_heads(padded(attention.key(tokens))), transpose_b=True)
-        scores /= tf.cast(attention.sqrt_att_head_size, tokens.dtype)
-        probabilities = tf.nn.softmax(scores + key_bias, axis=-1)  # (batch, heads, q, seq)
-        context = tf.matmul(probabilities, split_heads(padded(attention.value(tokens))))  # (batch, heads, q, size)
-        context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [-1, heads * head_size])  # (batch * q, hidden)
-        context = (context if top_cls_only else tf.gather(context, real_slots))[tf.newaxis]  # (1, q, hidden)
+        if top_cls_only:  # queries, and so outputs, for each row's [CLS] only
+            queries = tf.gather(tokens, input_ids.row_starts(), axis=1)  # (1, batch, hidden)
+            (query,) = split_heads(attention.query(queries)[0][:, tf.newaxis], 1)  # (batch, heads, 1, size)
+            key, value = split_heads(padded(tf.concat([attention.key(tokens), attention.value(tokens)], -1)), 2)
+        else:
+            queries = tokens
+            query, key, value = split_heads(
+                padded(tf.concat([attention.query(tokens), attention.key(tokens), attention.value(tokens)], -1)), 3
+            )
+        scores = tf.matmul(query, key, transpose_b=True) / tf.cast(attention.sqrt_att_head_size, tokens.dtype)
+        probabilities = tf.nn.softmax(scores + key_bias, axis=-1)  # (batch, heads, queries, seq)
+        context = tf.transpose(tf.matmul(probabilities, value), [0, 2, 1, 3])  # (batch, queries, heads, size)
+        context = tf.reshape(context, [-1, heads * head_size])  # (batch * queries, hidden)
+        context = (context if top_cls_only else tf.gather(context, real_slots))[tf.newaxis]  # (1, queries, hidden)
         tokens = layer.attention.dense_output(context, queries, training=False)
         tokens = layer.bert_output(layer.intermediate(tokens), tokens, training=False)
         layer_outputs.append(tokens)
 
-    last_hidden_state = tf.transpose(tokens, [1, 0, 2]) if cls_only else padded(tokens)  # (batch, seq or 1, hidden)
+    last_hidden_state = tokens[0][:, tf.newaxis] if cls_only else padded(tokens)  # (batch, seq or 1, hidden)
     features = {
         "last_hidden_state": last_hidden_state,
         "pooler_output": bert.pooler(last_hidden_state),  # (batch, hidden): reads [:, 0]
