@@ -78,6 +78,55 @@ def onednn_enabled() -> bool:
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
+def is_matmul(op_type: str) -> bool:
+    """A matrix-multiplication op type: MatMul, BatchMatMulV2, Einsum, their fused and oneDNN (_Mkl...) forms."""
+    return "MatMul" in op_type or "Einsum" in op_type
+
+
+def profile_op_types(work) -> dict:
+    """Where the time of `work()` goes: TensorFlow profiler, self-time per op type.
+
+    Shares are of the busy time (the profiler's IDLE excluded; `idle` is its own share of
+    the whole); `matmul` sums the matrix-multiplication op types.
+    """
+    import tensorflow as tf
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        work()
+        tf.profiler.experimental.stop()
+        traces = [str(path) for path in Path(logdir).rglob("*.xplane.pb")]
+        table = json.loads(_pywrap_profiler_plugin.xspace_to_tools_data(traces, "framework_op_stats", {})[0])[0]
+    columns = [column["id"] for column in table["cols"]]
+    self_time = {}
+    for row in table["rows"]:
+        cells = dict(zip(columns, (cell.get("v") if cell else None for cell in row["c"])))
+        self_time[cells["type"]] = self_time.get(cells["type"], 0.0) + cells["total_self_time"]
+    idle = self_time.pop("IDLE", 0.0)
+    busy = sum(self_time.values())
+    shares = sorted(((op, time / busy) for op, time in self_time.items()), key=lambda item: -item[1])
+    return {
+        "busy_ms": busy / 1e3,
+        "idle": idle / (idle + busy),
+        "matmul": sum(time for op, time in self_time.items() if is_matmul(op)) / busy,
+        "op_types": [{"type": op, "share": share} for op, share in shares[:12]],
+    }
+
+
+def profile_lines(profile: dict, what: str, rest: str) -> list[str]:
+    """`what`'s time by op type (a profile_op_types result) as markdown; `rest` says what the non-matmul time is."""
+    lines = [
+        f"Where {what} time goes (TensorFlow profiler; busy {profile['busy_ms']:,.0f} ms of op "
+        f"self-time, idle {profile['idle']:.0%} of the threads' time): matrix multiplications take "
+        f"{profile['matmul']:.0%} of the busy time; {rest}.",
+        "",
+        "| op type | share of busy time |",
+        "|---|---|",
+    ]
+    return lines + [f"| {row['type']} | {row['share']:.1%} |" for row in profile["op_types"]]
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MB (Linux reports KB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

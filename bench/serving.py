@@ -22,7 +22,8 @@ sentences, one call per batch of 32) and batch-1 latency (p50, p95 over
 --latency-calls calls of one sentence). The targets: tfbert's throughput >= 2x the
 pipeline's, its batch-1 p50 <= 0.6x the pipeline's.
 Beside them, the floors: the served encoder's dense-layer matmuls alone on the same
-sentences' real tokens (see matmul_floors), for one sentence and for packed batches of 32.
+sentences' real tokens (see matmul_floors), for one sentence and for packed batches of 32;
+and a TensorFlow profile of --profile-calls batch-1 calls (self-time per op type).
 
     python bench/serving.py outputs/sentiment/pooler/<date>_<time>/export/sentiment/1
     python bench/serving.py <export> --quick      # a check in minutes (serving_quick.{json,md})
@@ -42,8 +43,8 @@ from pathlib import Path
 
 from common import (
     run_if_worker,
-    load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, onednn_enabled, report_footer, peak_rss_mb,
-    require_torch, run_worker, write_results,
+    load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, onednn_enabled, profile_lines, profile_op_types,
+    report_footer, peak_rss_mb, require_torch, run_worker, write_results,
 )
 
 BATCH_SIZE = 32
@@ -126,6 +127,9 @@ def run_tensorflow(args) -> dict:
         return serve(text=tf.constant(texts))["probabilities"].numpy()  # (batch, classes)
 
     result = measure(predict, args)
+    if args.profile_calls:
+        sentences = corpus_sentences(args.profile_calls)
+        result["profile"] = profile_op_types(lambda: [predict([sentence]) for sentence in sentences])
     return {**result, **matmul_floors(tf, loaded.model.variables, args), "onednn": onednn_enabled(),
             "peak_rss_mb": peak_rss_mb()}
 
@@ -274,6 +278,10 @@ def markdown(report: dict) -> str:
         f"sentences/s, {tf_row['matmul_floor_sentences_per_second'] / pt_row['throughput_sentences_per_second']:.2f}x "
         f"the pipeline's throughput (the throughput target is "
         f"{TARGETS['throughput_ratio'] * pt_row['throughput_sentences_per_second']:.1f} sentences/s).",
+        *(["", *profile_lines(
+            tf_row["profile"], f"the SavedModel's time over {report['profile_calls']} batch-1 calls",
+            f"{tf_row['profile']['busy_ms'] / report['profile_calls']:.1f} ms of op time per call",
+        )] if "profile" in tf_row else []),
         *report_footer(report),
     ]
     return "\n".join(lines) + "\n"
@@ -286,13 +294,18 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer sentences and calls: a check in minutes")
     parser.add_argument("--sentences", type=int, help="sentences for the throughput (default 2048; 256 with --quick)")
     parser.add_argument("--latency-calls", type=int, help="batch-1 calls for the latency (default 300; 40 with --quick)")
+    parser.add_argument("--profile-calls", type=int,
+                        help="batch-1 calls traced by the TensorFlow profiler after the timed ones "
+                             "(default 100; 10 with --quick; 0: none)")
     add_worker_arguments(parser, WORKERS)
     parser.add_argument("--pytorch-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.export = args.export.resolve()
     args.sentences = args.sentences or (256 if args.quick else 2048)
     args.latency_calls = args.latency_calls or (40 if args.quick else 300)
-    for name, least in (("sentences", 2), ("latency_calls", 2), ("threads", 1)):
+    if args.profile_calls is None:
+        args.profile_calls = 10 if args.quick else 100
+    for name, least in (("sentences", 2), ("latency_calls", 2), ("threads", 1), ("profile_calls", 0)):
         if getattr(args, name) < least:
             parser.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
     return args
@@ -309,6 +322,7 @@ def main():
     info = machine_info()
     with tempfile.TemporaryDirectory() as pytorch_dir:
         arguments = [str(args.export), "--sentences", str(args.sentences), "--latency-calls", str(args.latency_calls),
+                     "--profile-calls", str(args.profile_calls),
                      "--pytorch-dir", pytorch_dir, *(["--run-dir", str(args.run_dir)] if args.run_dir else [])]
         systems = {name: run_worker(Path(__file__), name, name, args.threads, arguments) for name in WORKERS}
     difference = max(
@@ -331,6 +345,7 @@ def main():
         "export": str(args.export),
         "sentences": args.sentences,
         "latency_calls": args.latency_calls,
+        "profile_calls": args.profile_calls,
         "threads": args.threads,
         "machine": load_average_at_end(info),
         "max_probability_difference": difference,

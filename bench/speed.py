@@ -52,14 +52,13 @@ installed: pip install torch==2.13.0 (the `bench` extra).
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from common import (
     run_if_worker,
-    ROOT, load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, onednn_enabled, report_footer, peak_rss_mb,
-    require_torch, run_worker,
+    ROOT, load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, onednn_enabled, profile_lines, profile_op_types,
+    report_footer, peak_rss_mb, require_torch, run_worker,
     write_results,
 )
 
@@ -203,44 +202,15 @@ def run_tfbert(args) -> dict:
         model, data, args.steps, args.warmup, TokenCounter(backbone.config), class_weight=task.class_weights()
     )
     if args.profile_steps:
-        result["profile"] = profile_op_types(model, data.take(args.profile_steps), class_weight=task.class_weights())
+        result["profile"] = profile_training(model, data.take(args.profile_steps), class_weight=task.class_weights())
     result["settings"] = {"overrides": list(args.overrides), "jit_compile": trainer.jit_compile,
                           "steps_per_execution": trainer.steps_per_execution, "onednn": onednn_enabled()}
     return result
 
 
-MATMUL_OPS = {"MatMul", "_FusedMatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum"}
-
-
-def profile_op_types(model, data, **fit_args) -> dict:
-    """Where the training steps' time goes: TensorFlow profiler, self-time per op type.
-
-    Shares are of the busy time (the profiler's IDLE excluded; `idle` is its own share of
-    the whole); `matmul` sums the matrix-multiplication op types.
-    """
-    import tensorflow as tf
-    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
-
-    with tempfile.TemporaryDirectory() as logdir:
-        tf.profiler.experimental.start(logdir)
-        model.fit(data, verbose=0, **fit_args)
-        tf.profiler.experimental.stop()
-        traces = [str(path) for path in Path(logdir).rglob("*.xplane.pb")]
-        table = json.loads(_pywrap_profiler_plugin.xspace_to_tools_data(traces, "framework_op_stats", {})[0])[0]
-    columns = [column["id"] for column in table["cols"]]
-    self_time = {}
-    for row in table["rows"]:
-        cells = dict(zip(columns, (cell.get("v") if cell else None for cell in row["c"])))
-        self_time[cells["type"]] = self_time.get(cells["type"], 0.0) + cells["total_self_time"]
-    idle = self_time.pop("IDLE", 0.0)
-    busy = sum(self_time.values())
-    shares = sorted(((op, time / busy) for op, time in self_time.items()), key=lambda item: -item[1])
-    return {
-        "busy_ms": busy / 1e3,
-        "idle": idle / (idle + busy),
-        "matmul": sum(time for op, time in self_time.items() if op in MATMUL_OPS) / busy,
-        "op_types": [{"type": op, "share": share} for op, share in shares[:12]],
-    }
+def profile_training(model, data, **fit_args) -> dict:
+    """Where the training steps' time goes: `model.fit` on `data` under the profiler."""
+    return profile_op_types(lambda: model.fit(data, verbose=0, **fit_args))
 
 
 def run_transformers_tf(args) -> dict:
@@ -454,19 +424,6 @@ def target_lines(report: dict) -> list[str]:
     return lines
 
 
-def profile_lines(profile: dict) -> list[str]:
-    """tfbert's step time by op type, from the profiler."""
-    lines = [
-        f"Where tfbert's training step time goes (TensorFlow profiler; busy {profile['busy_ms']:,.0f} ms of op "
-        f"self-time, idle {profile['idle']:.0%} of the threads' time): matrix multiplications take "
-        f"{profile['matmul']:.0%} of the busy time; every other op type is time the matmul peak does not count.",
-        "",
-        "| op type | share of busy time |",
-        "|---|---|",
-    ]
-    return lines + [f"| {row['type']} | {row['share']:.1%} |" for row in profile["op_types"]]
-
-
 def markdown(report: dict) -> str:
     rows = report["systems"]
     tfbert = rows["tfbert"]
@@ -514,7 +471,8 @@ def markdown(report: dict) -> str:
         *target_lines(report),
     ]
     if "profile" in report["runs"]["tfbert"]:
-        lines += ["", *profile_lines(report["runs"]["tfbert"]["profile"])]
+        lines += ["", *profile_lines(report["runs"]["tfbert"]["profile"], "tfbert's training step",
+                                     "every other op type is time the matmul peak does not count")]
     lines += report_footer(report)
     return "\n".join(lines) + "\n"
 
