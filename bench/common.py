@@ -115,9 +115,9 @@ def profile_op_types(work) -> dict:
 
 
 def profile_lines(profile: dict, what: str, rest: str) -> list[str]:
-    """`what`'s time by op type (a profile_op_types result) as markdown; `rest` says what the non-matmul time is."""
+    """The time of `what` by op type (a profile_op_types result) as markdown; `rest` ends the first sentence."""
     lines = [
-        f"Where {what} time goes (TensorFlow profiler; busy {profile['busy_ms']:,.0f} ms of op "
+        f"Where the time of {what} goes (TensorFlow profiler; busy {profile['busy_ms']:,.0f} ms of op "
         f"self-time, idle {profile['idle']:.0%} of the threads' time): matrix multiplications take "
         f"{profile['matmul']:.0%} of the busy time; {rest}.",
         "",

@@ -279,7 +279,7 @@ def markdown(report: dict) -> str:
         f"the pipeline's throughput (the throughput target is "
         f"{TARGETS['throughput_ratio'] * pt_row['throughput_sentences_per_second']:.1f} sentences/s).",
         *(["", *profile_lines(
-            tf_row["profile"], f"the SavedModel's time over {report['profile_calls']} batch-1 calls",
+            tf_row["profile"], f"{report['profile_calls']} batch-1 calls of the SavedModel",
             f"{tf_row['profile']['busy_ms'] / report['profile_calls']:.1f} ms of op time per call",
         )] if "profile" in tf_row else []),
         *report_footer(report),

@@ -471,7 +471,7 @@ def markdown(report: dict) -> str:
         *target_lines(report),
     ]
     if "profile" in report["runs"]["tfbert"]:
-        lines += ["", *profile_lines(report["runs"]["tfbert"]["profile"], "tfbert's training step",
+        lines += ["", *profile_lines(report["runs"]["tfbert"]["profile"], "tfbert's training steps",
                                      "every other op type is time the matmul peak does not count")]
     lines += report_footer(report)
     return "\n".join(lines) + "\n"
