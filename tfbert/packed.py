@@ -54,18 +54,19 @@ def packed_encoder_features(
         """(1, tokens, width) -> (batch, seq, width), zeros after each row's end."""
         return tf.gather(tf.pad(packed[0], [[0, 1], [0, 0]]), slot)
 
-    layer_outputs = [tokens]
     layers = bert.encoder.layer
+    heads = layers[0].attention.self_attention.num_attention_heads
+    head_size = layers[0].attention.self_attention.attention_head_size
+
+    def split_heads(rows: tf.Tensor, parts: int) -> list[tf.Tensor]:
+        """(batch, positions, parts * hidden) -> `parts` x (batch, heads, positions, head_size); one transpose."""
+        shape = tf.shape(rows)
+        rows = tf.reshape(rows, [shape[0], shape[1], parts, heads, head_size])
+        return tf.unstack(tf.transpose(rows, [2, 0, 3, 1, 4]), parts)
+
+    layer_outputs = [tokens]
     for index, layer in enumerate(layers):
         attention = layer.attention.self_attention
-        heads, head_size = attention.num_attention_heads, attention.attention_head_size
-
-        def split_heads(rows: tf.Tensor, parts: int) -> list[tf.Tensor]:
-            """(batch, positions, parts * hidden) -> `parts` x (batch, heads, positions, head_size); one transpose."""
-            shape = tf.shape(rows)
-            rows = tf.reshape(rows, [shape[0], shape[1], parts, heads, head_size])
-            return tf.unstack(tf.transpose(rows, [2, 0, 3, 1, 4]), parts)
-
         top_cls_only = cls_only and index == len(layers) - 1
         if top_cls_only:  # queries, and so outputs, for each row's [CLS] only
             queries = tf.gather(tokens, input_ids.row_starts(), axis=1)  # (1, batch, hidden)
