@@ -14,11 +14,11 @@ from tfbert.preprocessing import InGraphTokenizer
 
 TEXTS = ["a fine film", "", "the plot drags on and on, for far too long, and nobody in it seems to care",
          "Ünïcödé and 漢字 and emoji 🙂", "ok"]
+PAIRS = ["it is", "nothing", "yes", "a much longer second sentence than the first one", ""]
 HEAD_CLASSES = [
     head for head in vars(heads).values()
     if inspect.isclass(head) and issubclass(head, heads.ClassificationHead) and head is not heads.ClassificationHead
 ]
-PAIRS = ["it is", "nothing", "yes", "a much longer second sentence than the first one", ""]
 
 
 def test_packed_equals_padded(tiny_backbone, tokenizer):
