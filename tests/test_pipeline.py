@@ -2,7 +2,7 @@ import datasets
 import numpy as np
 import pytest
 
-from tfbert.pipeline import Pipeline, batch_stats
+from tfbert.pipeline import Pipeline, batch_stats, stream_epochs
 
 
 def token_split(lengths):
@@ -47,6 +47,14 @@ def test_training_order_changes_each_epoch_but_not_evaluation():
     assert first_ids(train) != first_ids(train)
     evaluation = Pipeline(batch_size=8)(token_split(LENGTHS))
     assert first_ids(evaluation) == first_ids(evaluation)
+
+
+def test_no_autotuning_so_finished_iterators_free_at_once():
+    # TensorFlow 2.21 holds a finished iterator until its autotuning thread wakes (up to 60 s).
+    train = Pipeline(batch_size=8)(token_split(LENGTHS), training=True)
+    evaluation = Pipeline(batch_size=8)(token_split(LENGTHS))
+    for dataset in (train, evaluation, stream_epochs(train, epochs=2)):
+        assert dataset.options().autotune.enabled is False
 
 
 @pytest.mark.parametrize(

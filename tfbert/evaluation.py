@@ -15,11 +15,10 @@ from sklearn.metrics import (
 
 def predict(model: tf_keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """(labels, model outputs (n, outputs)) over one pass of a batched dataset."""
-    labels, outputs = [], []
-    for features, label in dataset:
-        labels.append(label.numpy())
-        outputs.append(model(features, training=False).numpy())
-    return np.concatenate(labels), np.concatenate(outputs)
+    labels = np.concatenate([label.numpy() for _, label in dataset])
+    # Keras' compiled predict step: about twice as fast as calling the model eagerly.
+    outputs = model.predict(dataset.map(lambda features, label: features), verbose=0)
+    return labels, outputs
 
 
 def _per_class(precision, recall, f1, support, label_names) -> dict:

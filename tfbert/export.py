@@ -14,6 +14,7 @@ Re-export a finished run (its config.yaml and best checkpoint, checkpoints/best.
     python -m tfbert.export run_dir=outputs/... [export.name=sentiment] [export.version=2]
 """
 
+import functools
 import json
 import shutil
 import sys
@@ -75,16 +76,22 @@ class ServingModule(tf.Module):
             raise ValueError(f"text_columns must be ('text',) or ('text', 'text_pair'), got {text_columns!r}")
         if problem_type not in PROBLEM_TYPES:
             raise ValueError(f"problem_type must be one of {list(PROBLEM_TYPES)}, got {problem_type!r}")
-        self.model = model
-        self.backbone, self.head = classifier_parts(model)
         self.tokenizer = tokenizer
         self.label_names = tf.constant(list(label_names))
         self.text_columns = tuple(text_columns)
         self.problem_type = problem_type
         self.threshold = threshold
+        # The SavedModel keeps the weights the signatures read, not the Keras objects: saving
+        # a Keras model also traces each of its layers for Keras' own loader, which serving
+        # never uses (seconds more to write and to load). So the functions hold the model.
+        self.weights = list(model.weights)
         self.serve_text = tf.function(
-            self._serve_text,
+            functools.partial(self._serve_text, *classifier_parts(model)),
             input_signature=[tf.TensorSpec([None], tf.string, name=name) for name in self.text_columns],
+        )
+        self.serve_ids = tf.function(
+            functools.partial(self._serve_ids, model),
+            input_signature=[tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES],
         )
 
     def _outputs(self, logits: tf.Tensor) -> dict:
@@ -103,22 +110,19 @@ class ServingModule(tf.Module):
             outputs["predicted"] = probabilities >= self.threshold  # (batch, classes)
         return outputs
 
-    def _serve_text(self, *texts):
+    def _serve_text(self, backbone, head, *texts):
         input_ids, token_type_ids = self.tokenizer.rows(*texts)
         features = packed_encoder_features(
-            self.backbone,
+            backbone,
             input_ids,
             token_type_ids,
-            hidden_states="hidden_states" in self.head.reads,
-            cls_only=self.head.reads_cls_only,
+            hidden_states="hidden_states" in head.reads,
+            cls_only=head.reads_cls_only,
         )
-        return self._outputs(self.head(features, training=False))
+        return self._outputs(head(features, training=False))
 
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES]
-    )
-    def serve_ids(self, input_ids, attention_mask, token_type_ids):
-        return self._outputs(self.model(
+    def _serve_ids(self, model, input_ids, attention_mask, token_type_ids):
+        return self._outputs(model(
             {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}, training=False
         ))
 

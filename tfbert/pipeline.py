@@ -82,6 +82,11 @@ class Pipeline:
         # Under a multi-worker strategy each worker takes its share of every global batch
         # (the examples are in memory, so there are no files to shard by).
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        # No autotuning: the examples are in memory, so there is nothing worth tuning, and in
+        # TensorFlow 2.21 a finished iterator waits for its autotuning thread's next wake-up
+        # (which backs off to once a minute): up to 60 s after training, seconds after each
+        # evaluation. Without it, AUTOTUNE means one thread per core and a small prefetch buffer.
+        options.autotune.enabled = False
         return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
