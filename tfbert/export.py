@@ -14,7 +14,6 @@ Re-export a finished run (its config.yaml and best checkpoint, checkpoints/best.
     python -m tfbert.export run_dir=outputs/... [export.name=sentiment] [export.version=2]
 """
 
-import functools
 import json
 import shutil
 import sys
@@ -83,15 +82,30 @@ class ServingModule(tf.Module):
         self.threshold = threshold
         # The SavedModel keeps the weights the signatures read, not the Keras objects: saving
         # a Keras model also traces each of its layers for Keras' own loader, which serving
-        # never uses (seconds more to write and to load). So the functions hold the model.
+        # never uses (seconds more to write and to load). So only the functions hold the model.
         self.weights = list(model.weights)
+        backbone, head = classifier_parts(model)
+
+        def serve_text(*texts):
+            input_ids, token_type_ids = tokenizer.rows(*texts)
+            features = packed_encoder_features(
+                backbone,
+                input_ids,
+                token_type_ids,
+                hidden_states="hidden_states" in head.reads,
+                cls_only=head.reads_cls_only,
+            )
+            return self._outputs(head(features, training=False))
+
+        def serve_ids(input_ids, attention_mask, token_type_ids):
+            tokens = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+            return self._outputs(model(tokens, training=False))
+
         self.serve_text = tf.function(
-            functools.partial(self._serve_text, *classifier_parts(model)),
-            input_signature=[tf.TensorSpec([None], tf.string, name=name) for name in self.text_columns],
+            serve_text, input_signature=[tf.TensorSpec([None], tf.string, name=name) for name in self.text_columns]
         )
         self.serve_ids = tf.function(
-            functools.partial(self._serve_ids, model),
-            input_signature=[tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES],
+            serve_ids, input_signature=[tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES]
         )
 
     def _outputs(self, logits: tf.Tensor) -> dict:
@@ -109,22 +123,6 @@ class ServingModule(tf.Module):
         if self.problem_type == "multi_label":
             outputs["predicted"] = probabilities >= self.threshold  # (batch, classes)
         return outputs
-
-    def _serve_text(self, backbone, head, *texts):
-        input_ids, token_type_ids = self.tokenizer.rows(*texts)
-        features = packed_encoder_features(
-            backbone,
-            input_ids,
-            token_type_ids,
-            hidden_states="hidden_states" in head.reads,
-            cls_only=head.reads_cls_only,
-        )
-        return self._outputs(head(features, training=False))
-
-    def _serve_ids(self, model, input_ids, attention_mask, token_type_ids):
-        return self._outputs(model(
-            {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}, training=False
-        ))
 
     def signatures(self) -> dict:
         return {"serving_default": self.serve_text, "serve_ids": self.serve_ids}
