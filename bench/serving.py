@@ -120,7 +120,9 @@ def run_tensorflow(args) -> dict:
     import tensorflow_text  # noqa: F401  (registers the in-graph tokenizer's ops)
 
     loaded = tf.saved_model.load(str(args.export))
-    write_pytorch_twin(loaded.model.variables, read_run(args.export, args.run_dir), args.pytorch_dir)
+    # The classifier's weights: `weights` since exports stopped holding the Keras model, `model` before.
+    weights = loaded.weights if hasattr(loaded, "weights") else loaded.model.variables
+    write_pytorch_twin(weights, read_run(args.export, args.run_dir), args.pytorch_dir)
     serve = loaded.signatures["serving_default"]
 
     def predict(texts):
@@ -130,7 +132,7 @@ def run_tensorflow(args) -> dict:
     if args.profile_calls:
         sentences = corpus_sentences(args.profile_calls)
         result["profile"] = profile_op_types(lambda: [predict([sentence]) for sentence in sentences])
-    return {**result, **matmul_floors(tf, loaded.model.variables, args), "onednn": onednn_enabled(),
+    return {**result, **matmul_floors(tf, weights, args), "onednn": onednn_enabled(),
             "peak_rss_mb": peak_rss_mb()}
 
 

@@ -16,9 +16,8 @@ from sklearn.metrics import (
 def predict(model: tf_keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """(labels, model outputs (n, outputs)) over one pass of a batched dataset."""
     labels = np.concatenate([label.numpy() for _, label in dataset])
-    # Keras' compiled predict step: about twice as fast as calling the model eagerly.
-    outputs = model.predict(dataset.map(lambda features, label: features), verbose=0)
-    return labels, outputs
+    # Keras' compiled predict step (it ignores the labels): about twice as fast as eager calls.
+    return labels, model.predict(dataset, verbose=0)
 
 
 def _per_class(precision, recall, f1, support, label_names) -> dict:
