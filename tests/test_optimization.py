@@ -59,10 +59,10 @@ def train_embedding_and_dense(optimizer, jit_compile=False):
 
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
 def test_fused_adamw_matches_keras_adamw(jit_compile):
-    """The fused kernel is the same AdamW, sparse embedding gradients and weight decay included."""
+    """Not lazy, the fused kernel is the same AdamW, sparse embedding gradients and weight decay included."""
     settings = dict(learning_rate=0.05, weight_decay=0.1, epsilon=1e-6, global_clipnorm=1.0)
     keras_optimizer = tf_keras.optimizers.AdamW(**settings)
-    fused_optimizer = FusedAdamW(**settings)
+    fused_optimizer = FusedAdamW(lazy_embeddings=False, **settings)
     for optimizer in (keras_optimizer, fused_optimizer):
         optimizer.exclude_from_weight_decay(var_names=["bias"])
     expected, _ = train_embedding_and_dense(keras_optimizer)
@@ -73,8 +73,41 @@ def test_fused_adamw_matches_keras_adamw(jit_compile):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_lazy_embeddings_update_only_the_rows_a_batch_uses(jit_compile):
+    """Each step: AdamW (moments, bias correction, weight decay) on the used rows, by hand."""
+    lr, weight_decay, beta_1, beta_2, epsilon = 0.05, 0.1, 0.9, 0.999, 1e-6
+    start = np.reshape(np.arange(12, dtype=np.float32) / 10, (6, 2))
+    table = tf.Variable(start, name="embeddings/w")
+    optimizer = FusedAdamW(learning_rate=lr, weight_decay=weight_decay, epsilon=epsilon)  # lazy by default
+
+    @tf.function(jit_compile=jit_compile)
+    def step(ids):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(tf.gather(table, ids) - 1.0))
+        optimizer.apply_gradients([(tape.gradient(loss, table), table)])
+
+    expected, m, v = start.copy(), np.zeros_like(start), np.zeros_like(start)
+    for t, ids in enumerate(([0, 2, 2], [1, 5], [3, 0]), start=1):
+        step(tf.constant(ids))
+        gradient = np.zeros_like(start)
+        np.add.at(gradient, ids, 2 * (expected[ids] - 1.0))  # a repeated id's gradients add up
+        rows = np.unique(ids)
+        m[rows] = beta_1 * m[rows] + (1 - beta_1) * gradient[rows]
+        v[rows] = beta_2 * v[rows] + (1 - beta_2) * gradient[rows] ** 2
+        expected[rows] -= lr * weight_decay * expected[rows]
+        alpha = lr * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        expected[rows] -= alpha * m[rows] / (np.sqrt(v[rows]) + epsilon)
+    np.testing.assert_allclose(table.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(table.numpy()[4], start[4])  # never used: untouched
+    assert not np.allclose(table.numpy()[[0, 1, 2, 3, 5]], start[[0, 1, 2, 3, 5]])
+
+
 def test_create_adamw_uses_the_fused_kernel():
     assert isinstance(create_adamw(num_train_steps=10), FusedAdamW)
+    assert create_adamw(num_train_steps=10).lazy_embeddings
+    assert not create_adamw(num_train_steps=10, lazy_embeddings=False).lazy_embeddings
+    assert not FusedAdamW.from_config(FusedAdamW(lazy_embeddings=False).get_config()).lazy_embeddings
     assert isinstance(create_adamw(num_train_steps=10, layer_decay=0.9, num_layers=2), FusedAdamW)
 
 

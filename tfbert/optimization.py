@@ -26,6 +26,7 @@ def create_adamw(
     epsilon: float = 1e-6,
     layer_decay: float | None = None,
     num_layers: int | None = None,
+    lazy_embeddings: bool = True,
 ) -> tf_keras.optimizers.AdamW:
     """AdamW whose learning rate rises linearly for `warmup_ratio` of the steps, then falls to 0.
 
@@ -38,6 +39,8 @@ def create_adamw(
         layer_decay: in (0, 1]: layer-wise learning-rate decay (see LayerDecayAdamW);
             None: every variable learns at the same rate.
         num_layers: the encoder's number of layers; needed with `layer_decay`.
+        lazy_embeddings: update only the embedding rows each batch uses (see FusedAdamW);
+            False: every row, every step, as plain AdamW.
     """
     schedule = warmup_linear_decay(learning_rate, num_train_steps, warmup_ratio)
     settings = dict(
@@ -47,6 +50,7 @@ def create_adamw(
         beta_2=beta_2,
         epsilon=epsilon,
         global_clipnorm=global_clipnorm,
+        lazy_embeddings=lazy_embeddings,
     )
     if layer_decay is None:
         optimizer = FusedAdamW(**settings)
@@ -58,20 +62,50 @@ def create_adamw(
 
 @tf_keras.saving.register_keras_serializable(package="tfbert")
 class FusedAdamW(tf_keras.optimizers.AdamW):
-    """tf_keras AdamW whose Adam step is TensorFlow's fused ResourceApplyAdam kernel.
+    """tf_keras AdamW whose Adam step is TensorFlow's fused kernel, and lazy on embeddings.
 
-    Same update as tf_keras.optimizers.AdamW (the same moments, bias correction and
-    epsilon placement; weight decay is still AdamW's own), but the moments and the
-    variable are updated in one multithreaded pass instead of about ten elementwise
-    ops, each writing a temporary as big as the variable. A sparse gradient (the word
-    embeddings' gather) is made dense first, as Adam updates every row anyway: Keras'
-    sparse path scatters into the moments, which makes TensorFlow copy them whole on
-    every later read. `amsgrad` keeps Keras' step. bench/results/speed.md has the effect.
+    A dense gradient gets the same update as tf_keras.optimizers.AdamW (the same moments,
+    bias correction, epsilon placement and decoupled weight decay), but through the fused
+    ResourceApplyAdam kernel: one multithreaded pass over the variable and its moments
+    instead of about ten elementwise ops, each writing a temporary as big as the variable.
+
+    A sparse gradient (an embedding lookup's: the rows a batch used) gets, with
+    `lazy_embeddings`, a lazy update: only those rows' moments, weight decay and Adam
+    step. The 11.7M-weight word embeddings of a 30k vocabulary then cost a few hundred
+    rows per step instead of three full passes; rows a batch does not use stay as they
+    are, where AdamW would keep moving them on their old momentum. Without it, the
+    gradient is made dense and AdamW updates every row. bench/results/speed.md has the
+    effect of both. `amsgrad` keeps Keras' step.
+
+    Args:
+        lazy_embeddings: update only the rows a sparse gradient touches.
+        (others as tf_keras.optimizers.AdamW)
     """
+
+    def __init__(self, lazy_embeddings: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.lazy_embeddings = lazy_embeddings
+
+    def _apply_weight_decay(self, variables):
+        """Nothing here: update_step decays each variable (a sparse one only on its rows)."""
+
+    def _decay(self, variable, rows=None):
+        """AdamW's decoupled weight decay of `variable`, or of its `rows` only."""
+        if self.weight_decay is None or not self._use_weight_decay(variable):
+            return
+        rate = tf.cast(self.learning_rate, variable.dtype) * tf.cast(self.weight_decay, variable.dtype)
+        if rows is None:
+            variable.assign_sub(variable * rate)
+        else:
+            variable.scatter_sub(tf.IndexedSlices(tf.gather(variable, rows) * rate, rows))
 
     def update_step(self, gradient, variable):
         if self.amsgrad:
+            self._decay(variable)
             return super().update_step(gradient, variable)
+        if isinstance(gradient, tf.IndexedSlices) and self.lazy_embeddings:
+            return self._lazy_update(gradient, variable)
+        self._decay(variable)
         dtype = variable.dtype
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
@@ -86,8 +120,29 @@ class FusedAdamW(tf_keras.optimizers.AdamW):
             beta1=beta_1,
             beta2=beta_2,
             epsilon=tf.cast(self.epsilon, dtype),
+            # Keras' sparse path would scatter into the moments, after which TensorFlow
+            # copies them whole on every dense read: a dense gradient is cheaper.
             grad=tf.convert_to_tensor(gradient),
         )
+
+    def _lazy_update(self, gradient: tf.IndexedSlices, variable):
+        """AdamW on the rows of `gradient` (unique: apply_gradients sums duplicates first)."""
+        rows, values = gradient.indices, gradient.values
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        index = self._index_dict[self._var_key(variable)]
+        momentum, velocity = self._momentums[index], self._velocities[index]
+        m = beta_1 * tf.gather(momentum, rows) + (1 - beta_1) * values
+        v = beta_2 * tf.gather(velocity, rows) + (1 - beta_2) * tf.square(values)
+        momentum.scatter_update(tf.IndexedSlices(m, rows))
+        velocity.scatter_update(tf.IndexedSlices(v, rows))
+        self._decay(variable, rows)
+        alpha = tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
+        return variable.scatter_sub(tf.IndexedSlices(alpha * m / (tf.sqrt(v) + tf.cast(self.epsilon, dtype)), rows))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "lazy_embeddings": self.lazy_embeddings}
 
 
 @tf_keras.saving.register_keras_serializable(package="tfbert")
@@ -100,8 +155,8 @@ class LayerDecayAdamW(FusedAdamW):
 
     Adam's step does not change when a gradient is scaled, so the factor scales the
     learning rate itself: AdamW reads `learning_rate` once per variable, for its Adam
-    step and for its weight decay, and while it updates a variable that read returns the
-    variable's own rate. Read anywhere else (schedules, logs), it is the base rate.
+    step and for its weight decay (both in update_step), and while it updates a variable
+    that read returns the variable's own rate. Read anywhere else (schedules, logs), it is the base rate.
 
     Args:
         layer_decay: the factor per layer, in (0, 1]; 1 is plain AdamW.
@@ -157,11 +212,6 @@ class LayerDecayAdamW(FusedAdamW):
     def update_step(self, gradient, variable):
         with self._learning_rate_of(variable):
             super().update_step(gradient, variable)
-
-    def _apply_weight_decay(self, variables):
-        for variable in variables:
-            with self._learning_rate_of(variable):
-                super()._apply_weight_decay([variable])
 
     def get_config(self) -> dict:
         return {**super().get_config(), "layer_decay": self.layer_decay, "num_layers": self.num_layers}
