@@ -7,7 +7,8 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import compose_config
-from tfbert.callbacks import BestEpoch, duration, flat_hparams
+from tfbert.callbacks import BestEpoch, ValidationInsights, duration, flat_hparams
+from tfbert.objectives import loss_and_metrics
 from tfbert.train import run
 
 EPOCHS = 2
@@ -91,6 +92,62 @@ def test_progress_line_per_epoch(snippets_file, tmp_path, caplog):
     summary = next(record.getMessage() for record in caplog.records if record.getMessage().startswith("results"))
     assert "accuracy" in summary and str(tmp_path / "metrics.json") in summary
     assert not (tmp_path / "tensorboard" / "validation_insights").exists()
+
+
+def test_validation_logs_equal_keras_evaluate(tiny_backbone, tokenizer, task, tmp_path):
+    """The callback's one pass logs what Keras' own validation pass would have."""
+    import tf_keras
+
+    from tfbert.classifier import build_classifier
+    from tfbert.heads import ClsHead
+    from tfbert.pipeline import Pipeline
+    from tfbert.preprocessing import Preprocessor
+
+    validation = Preprocessor(tokenizer, task.max_length)(task.splits)["validation"]
+    head = ClsHead(num_outputs=2)
+    model = build_classifier(tiny_backbone, head)
+    loss, metrics = loss_and_metrics("single_label")
+    model.compile(tf_keras.optimizers.Adam(), loss=loss, metrics=metrics)
+    expected = model.evaluate(Pipeline(batch_size=8)(validation), return_dict=True, verbose=0)
+    insights = ValidationInsights(
+        tiny_backbone, head, tokenizer, validation, task.label_names, log_dir=tmp_path / "insights",
+        projector_dir=tmp_path / "projector", monitor=None,
+    )
+    insights.set_model(model)
+    logs = insights.validation_logs(insights.predict()[0])
+    assert logs == pytest.approx({"val_loss": expected["loss"], "val_accuracy": expected["accuracy"]}, abs=1e-5)
+
+
+def test_a_validating_callback_replaces_keras_validation(tmp_path):
+    """Keras does not evaluate validation_data (here: batches it could not run) when a callback validates."""
+    import numpy as np
+    import tf_keras
+
+    from tests.conftest import MINILM, TINY_CONFIG
+    from tfbert.backbone import load_backbone
+    from tfbert.classifier import build_classifier
+    from tfbert.heads import ClsHead
+    from tfbert.optimization import create_adamw
+    from tfbert.trainer import Trainer
+
+    classifier = build_classifier(load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG), ClsHead(2))
+
+    class Validator(tf_keras.callbacks.Callback):
+        validates = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs.update(val_loss=1.0 - epoch / 10, val_accuracy=0.5 + epoch / 10)
+
+    ids = np.full((4, 6), 1000, np.int32)
+    tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    train = tf.data.Dataset.from_tensor_slices((tokens, np.array([0, 1, 0, 1], np.int32))).batch(2)
+    unusable = tf.data.Dataset.from_tensors(({"input_ids": np.zeros((2, 3, 3), np.int32)}, np.zeros(2, np.int32)))
+    history = Trainer(epochs=2).fit(
+        classifier, create_adamw(num_train_steps=4), *loss_and_metrics("single_label"), train, 2, unusable,
+        tmp_path, callbacks=[Validator()],
+    )
+    assert history.history["val_accuracy"] == [0.5, 0.6]
+    assert ValidationInsights.validates
 
 
 def test_best_epoch_follows_the_monitor():

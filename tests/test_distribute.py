@@ -77,6 +77,14 @@ def test_mirrored_over_two_cpus_matches_one_device(single_device_losses, snippet
     assert_same_losses(losses(tmp_path), single_device_losses)
 
 
+def test_one_device_validated_by_insights_matches_keras_validation(single_device_losses, snippets_file, tmp_path):
+    """trainer.strategy=one_device trains as the default; its validation (ValidationInsights'
+    one pass, as on a single device) logs the losses Keras' own validation pass logged."""
+    overrides = [override for override in COMPARABLE_RUN if not override.startswith("insight.validation_insights")]
+    run(compose_config(*overrides, "trainer.strategy=one_device", f"task.data_file={snippets_file}", f"run_dir={tmp_path}"))
+    assert_same_losses(losses(tmp_path), single_device_losses)
+
+
 def test_two_workers_over_loopback_match_one_worker(single_device_losses, snippets_file, tmp_path):
     run_dir, worker_tmp = tmp_path / "run", tmp_path / "worker_tmp"
     worker_tmp.mkdir()

@@ -149,8 +149,11 @@ class HParamsLogger(tf_keras.callbacks.Callback):
 class ValidationInsights(tf_keras.callbacks.Callback):
     """After each epoch, what the model does on validation examples, for TensorBoard.
 
-    Adds `val_f1_macro` to the epoch's logs (so Keras' TensorBoard, the checkpoint and
-    the progress line see it) and writes to `log_dir`:
+    It is the run's validation: one forward pass over the split gives the epoch's logs
+    `val_loss`, the compiled metrics (`val_accuracy`, ...) and `val_f1_macro` (so Keras'
+    TensorBoard, the checkpoint and the progress line see them; Trainer skips Keras' own
+    validation pass when a callback `validates`; under a multi-replica strategy Keras'
+    pass stays and this one adds `val_f1_macro`), and writes to `log_dir`:
         confusion_matrix            image, true labels as rows
         pr_curve_<label>/pr_curves  one-vs-rest precision-recall curve per label
         misclassified               table of text, true label, predicted label, probability
@@ -176,6 +179,7 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         attention_maps: validation examples with an attention map (0: none).
         batch_size: examples per forward pass.
     """
+
 
     def __init__(
         self,
@@ -229,6 +233,8 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         classes = list(range(len(self.label_names)))
         f1_macro = f1_score(self.labels, predicted, labels=classes, average="macro", zero_division=0)
         if logs is not None:
+            if self.validates:
+                logs.update(self.validation_logs(logits))
             logs["val_f1_macro"] = float(f1_macro)
         with self.writer.as_default(step=epoch), tf.summary.record_if(True):
             matrix = confusion_matrix(self.labels, predicted, labels=classes)
@@ -243,6 +249,23 @@ class ValidationInsights(tf_keras.callbacks.Callback):
                 self._write_images("attention_cls_last_layer", self._attention_figures())
         if self.tracker.update(logs or {}) and self.max_examples:
             self._write_projector(pooled[: self.max_examples], predicted[: self.max_examples])
+
+    @property
+    def validates(self) -> bool:
+        """Whether its pass is the run's validation (see Trainer.fit): without a tf.distribute
+        strategy, or with one device. Over several replicas Keras' own pass is left to
+        validate: it runs on all of them, and their metrics only sum up inside it."""
+        strategy = tf.distribute.get_strategy()
+        return not tf.distribute.has_strategy() or isinstance(strategy, tf.distribute.OneDeviceStrategy)
+
+    def validation_logs(self, logits: np.ndarray) -> dict:
+        """`val_loss` and `val_<metric>` of the compiled loss and metrics on these logits,
+        as Keras' validation pass would log them (the mean over examples)."""
+        labels, logits = tf.constant(self.labels), tf.constant(logits)
+        self.model.reset_metrics()  # the epoch's training values are in the logs already
+        self.model.compute_loss(y=labels, y_pred=logits)
+        results = self.model.compute_metrics(None, labels, logits, None)
+        return {f"val_{name}": float(value) for name, value in results.items()}
 
     def _forward(self, start: int, indices) -> tuple[tf.Tensor, tf.Tensor]:
         """(logits (batch, classes), pooled features (batch, features)) of the examples at `indices`.
@@ -260,13 +283,15 @@ class ValidationInsights(tf_keras.callbacks.Callback):
     def predict(self) -> tuple[np.ndarray, np.ndarray]:
         """(logits (examples, classes), pooled features (examples, features)) in split order."""
         order = np.argsort([len(ids) for ids in self.token_ids], kind="stable")  # little padding
-        logits, pooled = [None] * len(order), [None] * len(order)
+        logits, pooled = None, None
         for start in range(0, len(order), self.batch_size):
             indices = order[start : start + self.batch_size]
-            batch_logits, batch_pooled = self._forward(start, indices)
-            for row, index in enumerate(indices):
-                logits[index], pooled[index] = batch_logits[row].numpy(), batch_pooled[row].numpy()
-        return np.stack(logits), np.stack(pooled)
+            batch_logits, batch_pooled = (outputs.numpy() for outputs in self._forward(start, indices))
+            if logits is None:
+                logits = np.empty((len(order), *batch_logits.shape[1:]), batch_logits.dtype)
+                pooled = np.empty((len(order), *batch_pooled.shape[1:]), batch_pooled.dtype)
+            logits[indices], pooled[indices] = batch_logits, batch_pooled
+        return logits, pooled
 
     def _padded(self, indices) -> dict:
         """int32 (batch, longest) token tensors of the examples at `indices`, zero-padded."""

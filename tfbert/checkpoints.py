@@ -117,6 +117,9 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
 
     def __init__(self, backup_dir: Path, save_freq: int):
         super().__init__(str(backup_dir), save_freq=save_freq, delete_checkpoint=True)
+        # Keras leaves OneDeviceStrategy (trainer.strategy=one_device) off its list, though
+        # a backup of one device's variables is the plain case.
+        self._supported_strategies += (tf.distribute.OneDeviceStrategy,)
         self.preempted_at = None
         self._signalled = False
         self._finite = True

@@ -135,7 +135,9 @@ class Trainer:
         """Train; afterwards `model` (or `checkpoint_model`) holds the best validation epoch's weights.
 
         `train_data` is one epoch of `steps_per_epoch` batches; `loss` and `metrics` fit
-        the task's problem type; `callbacks` run before the trainer's own; `class_weight`
+        the task's problem type; `callbacks` run before the trainer's own (one whose
+        `validates` is true logs the val_* metrics itself, and Keras then does not
+        evaluate `validation_data`); `class_weight`
         weights each class id's loss; `backup_dir` (default `<run_dir>/backup`) must be
         the same for every worker of a multi-worker run; `checkpoint_model` (default `model`)
         is what the best checkpoint keeps and gets back, when `model` trains only part of
@@ -163,13 +165,16 @@ class Trainer:
         )
         monitor = checkpoint_monitor(self.monitor, (metric.name for metric in metrics))
         mode = "min" if lower_is_better(monitor) else "max"
+        # A callback that `validates` (tfbert.callbacks.ValidationInsights) runs the model
+        # over the validation split anyway and logs the val_* metrics: no second pass.
+        validated_by_callback = any(getattr(callback, "validates", False) for callback in callbacks)
         nan_guard = StopOnNonFiniteLoss()
         backup = Backup(backup_dir, save_freq=self.backup_every_steps)
         history = model.fit(
             stream_epochs(train_data, self.epochs, skip_batches=done),
             epochs=self.epochs,
             steps_per_epoch=steps_per_epoch,
-            validation_data=validation_data,
+            validation_data=None if validated_by_callback else validation_data,
             callbacks=[
                 *callbacks,
                 nan_guard,
