@@ -145,3 +145,20 @@ def test_unknown_format(tmp_path):
     path.write_text("x")
     with pytest.raises(InvalidTaskData, match=r"unknown format '.xlsx'; use one of .csv, .tsv"):
         load_files(str(path))
+
+
+def test_stratified_split_is_datasets_own_split():
+    """carve() reads the labels at once, but holds out exactly what datasets' train_test_split would."""
+    import datasets
+
+    from tfbert.tasks.task_data import carve
+
+    features = datasets.Features(text=datasets.Value("string"), label=datasets.ClassLabel(names=["a", "b", "c"]))
+    labels = [i % 3 for i in range(50)] + [0] * 10
+    data = datasets.Dataset.from_dict({"text": [str(i) for i in range(60)], "label": labels}, features=features)
+    rest, held_out = carve(data, 0.2, seed=7)
+    expected = data.train_test_split(test_size=0.2, seed=7, stratify_by_column="label")
+    assert held_out["text"][:] == expected["test"]["text"][:] and rest["text"][:] == expected["train"]["text"][:]
+    alone = datasets.Dataset.from_dict({"text": ["x"] * 5, "label": [0, 0, 1, 1, 2]}, features=features)
+    with pytest.raises(InvalidTaskData, match="class 'c' has a single example"):
+        carve(alone, 0.4, seed=7)

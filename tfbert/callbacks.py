@@ -27,6 +27,7 @@ from tfbert.classifier import INPUT_NAMES, encoder_features
 from tfbert.figures import attention_figure, confusion_matrix_figure, png_bytes
 from tfbert.heads import ClassificationHead
 from tfbert.objectives import checkpoint_monitor, lower_is_better
+from tfbert.tasks.task_data import column
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +200,10 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         self.backbone = backbone
         self.head = head
         self.tokenizer = tokenizer
-        self.texts = validation["text"]
-        self.labels = np.asarray(validation["label"])
-        self.token_ids = validation["input_ids"]
-        self.type_ids = validation["token_type_ids"]
+        self.texts = column(validation, "text")
+        self.labels = np.asarray(column(validation, "label"))
+        self.token_ids = column(validation, "input_ids")
+        self.type_ids = column(validation, "token_type_ids")
         self.label_names = list(label_names)
         self.log_dir = Path(log_dir)
         self.projector_dir = Path(projector_dir)

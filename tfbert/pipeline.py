@@ -8,6 +8,8 @@ import datasets
 import numpy as np
 import tensorflow as tf
 
+from tfbert.tasks.task_data import column
+
 
 class Pipeline:
     """Builds the batched tf.data.Dataset of one split.
@@ -46,14 +48,13 @@ class Pipeline:
 
         `training` shuffles every epoch; evaluation keeps a fixed order.
         """
-        lengths = np.fromiter(map(len, split["input_ids"]), dtype=np.int64, count=len(split))
+        token_rows = {name: column(split, name) for name in ("input_ids", "token_type_ids")}
+        lengths = np.fromiter(map(len, token_rows["input_ids"]), dtype=np.int64, count=len(split))
         columns = {
-            name: tf.RaggedTensor.from_row_lengths(
-                np.concatenate(split[name]).astype(np.int32), lengths
-            )
-            for name in ("input_ids", "token_type_ids")
+            name: tf.RaggedTensor.from_row_lengths(np.concatenate(rows).astype(np.int32), lengths)
+            for name, rows in token_rows.items()
         }
-        labels = np.asarray(split["label"])  # (n,) class ids, (n,) floats or (n, classes) multi-hot
+        labels = np.asarray(column(split, "label"))  # (n,) class ids, (n,) floats or (n, classes) multi-hot
         labels = labels.astype(np.int32 if labels.dtype.kind in "iu" else np.float32)
         examples = tf.data.Dataset.from_tensor_slices((columns, labels)).map(
             _add_attention_mask, num_parallel_calls=tf.data.AUTOTUNE

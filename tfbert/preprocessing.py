@@ -16,6 +16,7 @@ import tensorflow_text as tf_text
 from transformers import AutoTokenizer, BertTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
 
 from tfbert.model_dir import resolve_model_dir
+from tfbert.tasks.task_data import column
 
 TEXT_COLUMNS = ("text", "text_pair")
 log = logging.getLogger(__name__)
@@ -70,12 +71,12 @@ class Preprocessor:
 
     def count_truncated(self, tokenized: datasets.Dataset) -> int:
         """How many examples of a tokenized split were cut to max_length."""
-        full = [row for row, ids in enumerate(tokenized["input_ids"]) if len(ids) == self.max_length]
+        full = [row for row, ids in enumerate(column(tokenized, "input_ids")) if len(ids) == self.max_length]
         if not full:
             return 0
         candidates = tokenized.select(full)
-        pair = candidates["text_pair"] if "text_pair" in candidates.column_names else None
-        lengths = self.tokenizer(candidates["text"], pair, return_length=True)["length"]
+        pair = column(candidates, "text_pair") if "text_pair" in candidates.column_names else None
+        lengths = self.tokenizer(column(candidates, "text"), pair, return_length=True)["length"]
         return sum(length > self.max_length for length in lengths)
 
 

@@ -1,10 +1,12 @@
 """What every task hands to training: splits with `text` [, `text_pair`] and `label`."""
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
+from datasets.utils.stratify import stratified_shuffle_split_generate_indices
 
 SPLITS = ("train", "validation", "test")
 PROBLEM_TYPES = ("single_label", "multi_label", "regression")
@@ -12,6 +14,15 @@ PROBLEM_TYPES = ("single_label", "multi_label", "regression")
 
 class InvalidTaskData(ValueError):
     """A task's data cannot be trained on; the message says where and why."""
+
+
+def column(dataset: datasets.Dataset, name: str) -> list:
+    """A whole column of `dataset` as a list, read at once.
+
+    (Iterating datasets' Column, or handing it to numpy, reads it row by row: seconds
+    for the 10k sentiment sentences instead of milliseconds.)
+    """
+    return dataset[name][:]
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,7 @@ class TaskData:
                 raise InvalidTaskData(f"task {self.name!r}: the {split} split is empty")
         if self.problem_type == "single_label":
             for split in SPLITS:
-                counts = Counter(self.splits[split]["label"])
+                counts = Counter(column(self.splits[split], "label"))
                 if len(counts) < 2:
                     (only,) = counts
                     raise InvalidTaskData(
@@ -88,7 +99,7 @@ class TaskData:
                 f"task {self.name!r}: class_weight applies to single_label tasks, not {self.problem_type}"
             )
         if self.class_weight == "balanced":
-            counts = np.bincount(self.splits["train"]["label"], minlength=self.num_outputs)
+            counts = np.bincount(column(self.splits["train"], "label"), minlength=self.num_outputs)
             weights = len(self.splits["train"]) / (self.num_outputs * np.maximum(counts, 1))
             return {index: float(weight) for index, weight in enumerate(weights)}
         weights = list(self.class_weight)
@@ -130,10 +141,29 @@ def carve(dataset: datasets.Dataset, size: float, seed: int) -> tuple[datasets.D
 
 
 def _split(dataset: datasets.Dataset, test_size: float, seed: int) -> datasets.DatasetDict:
+    """dataset.train_test_split(test_size, seed, stratified by a ClassLabel `label`).
+
+    The stratified split is datasets' own (same indices), but with the labels read at
+    once: train_test_split reads them row by row, seconds on the sentiment corpus.
+    """
     if not 0 < test_size < 1:
         raise InvalidTaskData(f"held-out fraction must be between 0 and 1, got {test_size}")
-    stratify = "label" if isinstance(dataset.features["label"], datasets.ClassLabel) else None
-    return dataset.train_test_split(test_size=test_size, seed=seed, stratify_by_column=stratify)
+    if not isinstance(dataset.features["label"], datasets.ClassLabel):
+        return dataset.train_test_split(test_size=test_size, seed=seed)
+    held_out = math.ceil(test_size * len(dataset))
+    if not 0 < held_out < len(dataset):
+        raise InvalidTaskData(f"cannot hold out {test_size} of {len(dataset)} examples")
+    labels = np.asarray(column(dataset, "label"))
+    counts = np.bincount(labels, minlength=dataset.features["label"].num_classes)
+    if alone := [name for name, count in zip(dataset.features["label"].names, counts) if count == 1]:
+        raise InvalidTaskData(
+            f"class {alone[0]!r} has a single example, too few to hold out a stratified {test_size:g} "
+            "of the examples; every class needs at least two"
+        )
+    train, test = next(stratified_shuffle_split_generate_indices(
+        labels, len(dataset) - held_out, held_out, rng=np.random.default_rng(seed)
+    ))
+    return datasets.DatasetDict(train=dataset.select(train), test=dataset.select(test))
 
 
 def limit_train_samples(splits: datasets.DatasetDict, max_train_samples: int | None):
