@@ -62,7 +62,7 @@ def test_fused_adamw_matches_keras_adamw(jit_compile):
     """Not lazy, the fused kernel is the same AdamW, sparse embedding gradients and weight decay included."""
     settings = dict(learning_rate=0.05, weight_decay=0.1, epsilon=1e-6, global_clipnorm=1.0)
     keras_optimizer = tf_keras.optimizers.AdamW(**settings)
-    fused_optimizer = FusedAdamW(lazy_embeddings=False, **settings)
+    fused_optimizer = FusedAdamW(**settings)
     for optimizer in (keras_optimizer, fused_optimizer):
         optimizer.exclude_from_weight_decay(var_names=["bias"])
     expected, _ = train_embedding_and_dense(keras_optimizer)
@@ -79,7 +79,7 @@ def test_lazy_embeddings_update_only_the_rows_a_batch_uses(jit_compile):
     lr, weight_decay, beta_1, beta_2, epsilon = 0.05, 0.1, 0.9, 0.999, 1e-6
     start = np.reshape(np.arange(12, dtype=np.float32) / 10, (6, 2))
     table = tf.Variable(start, name="embeddings/w")
-    optimizer = FusedAdamW(learning_rate=lr, weight_decay=weight_decay, epsilon=epsilon)  # lazy by default
+    optimizer = FusedAdamW(learning_rate=lr, weight_decay=weight_decay, epsilon=epsilon, lazy_embeddings=True)
 
     @tf.function(jit_compile=jit_compile)
     def step(ids):
@@ -105,9 +105,9 @@ def test_lazy_embeddings_update_only_the_rows_a_batch_uses(jit_compile):
 
 def test_create_adamw_uses_the_fused_kernel():
     assert isinstance(create_adamw(num_train_steps=10), FusedAdamW)
-    assert create_adamw(num_train_steps=10).lazy_embeddings
-    assert not create_adamw(num_train_steps=10, lazy_embeddings=False).lazy_embeddings
-    assert not FusedAdamW.from_config(FusedAdamW(lazy_embeddings=False).get_config()).lazy_embeddings
+    assert not create_adamw(num_train_steps=10).lazy_embeddings
+    assert create_adamw(num_train_steps=10, lazy_embeddings=True).lazy_embeddings
+    assert FusedAdamW.from_config(FusedAdamW(lazy_embeddings=True).get_config()).lazy_embeddings
     assert isinstance(create_adamw(num_train_steps=10, layer_decay=0.9, num_layers=2), FusedAdamW)
 
 

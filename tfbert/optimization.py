@@ -26,7 +26,7 @@ def create_adamw(
     epsilon: float = 1e-6,
     layer_decay: float | None = None,
     num_layers: int | None = None,
-    lazy_embeddings: bool = True,
+    lazy_embeddings: bool = False,
 ) -> tf_keras.optimizers.AdamW:
     """AdamW whose learning rate rises linearly for `warmup_ratio` of the steps, then falls to 0.
 
@@ -82,7 +82,7 @@ class FusedAdamW(tf_keras.optimizers.AdamW):
         (others as tf_keras.optimizers.AdamW)
     """
 
-    def __init__(self, lazy_embeddings: bool = True, **kwargs):
+    def __init__(self, lazy_embeddings: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.lazy_embeddings = lazy_embeddings
 
