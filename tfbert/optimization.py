@@ -85,27 +85,25 @@ class FusedAdamW(tf_keras.optimizers.AdamW):
     def __init__(self, lazy_embeddings: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.lazy_embeddings = lazy_embeddings
+        self._lazy_keys = set()  # the variables whose gradients in this apply are sparse
+
+    def apply_gradients(self, grads_and_vars, *args, **kwargs):
+        grads_and_vars = list(grads_and_vars)
+        self._lazy_keys = {
+            self._var_key(variable) for gradient, variable in grads_and_vars
+            if self.lazy_embeddings and isinstance(gradient, tf.IndexedSlices)
+        }
+        return super().apply_gradients(grads_and_vars, *args, **kwargs)
 
     def _apply_weight_decay(self, variables):
-        """Nothing here: update_step decays each variable (a sparse one only on its rows)."""
-
-    def _decay(self, variable, rows=None):
-        """AdamW's decoupled weight decay of `variable`, or of its `rows` only."""
-        if self.weight_decay is None or not self._use_weight_decay(variable):
-            return
-        rate = tf.cast(self.learning_rate, variable.dtype) * tf.cast(self.weight_decay, variable.dtype)
-        if rows is None:
-            variable.assign_sub(variable * rate)
-        else:
-            variable.scatter_sub(tf.IndexedSlices(tf.gather(variable, rows) * rate, rows))
+        # A lazily updated variable decays in _lazy_update, on the rows it updates.
+        super()._apply_weight_decay([v for v in variables if self._var_key(v) not in self._lazy_keys])
 
     def update_step(self, gradient, variable):
         if self.amsgrad:
-            self._decay(variable)
             return super().update_step(gradient, variable)
-        if isinstance(gradient, tf.IndexedSlices) and self.lazy_embeddings:
+        if self._var_key(variable) in self._lazy_keys:
             return self._lazy_update(gradient, variable)
-        self._decay(variable)
         dtype = variable.dtype
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
@@ -127,6 +125,8 @@ class FusedAdamW(tf_keras.optimizers.AdamW):
 
     def _lazy_update(self, gradient: tf.IndexedSlices, variable):
         """AdamW on the rows of `gradient` (unique: apply_gradients sums duplicates first)."""
+        if not isinstance(gradient, tf.IndexedSlices):  # made dense on the way (a gradient all-reduce)
+            gradient = tf.IndexedSlices(gradient, tf.range(tf.shape(gradient, out_type=tf.int64)[0]))
         rows, values = gradient.indices, gradient.values
         dtype = variable.dtype
         step = tf.cast(self.iterations + 1, dtype)
@@ -137,7 +137,9 @@ class FusedAdamW(tf_keras.optimizers.AdamW):
         v = beta_2 * tf.gather(velocity, rows) + (1 - beta_2) * tf.square(values)
         momentum.scatter_update(tf.IndexedSlices(m, rows))
         velocity.scatter_update(tf.IndexedSlices(v, rows))
-        self._decay(variable, rows)
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            rate = tf.cast(self.learning_rate, dtype) * tf.cast(self.weight_decay, dtype)
+            variable.scatter_sub(tf.IndexedSlices(tf.gather(variable, rows) * rate, rows))
         alpha = tf.cast(self.learning_rate, dtype) * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
         return variable.scatter_sub(tf.IndexedSlices(alpha * m / (tf.sqrt(v) + tf.cast(self.epsilon, dtype)), rows))
 
@@ -155,8 +157,8 @@ class LayerDecayAdamW(FusedAdamW):
 
     Adam's step does not change when a gradient is scaled, so the factor scales the
     learning rate itself: AdamW reads `learning_rate` once per variable, for its Adam
-    step and for its weight decay (both in update_step), and while it updates a variable
-    that read returns the variable's own rate. Read anywhere else (schedules, logs), it is the base rate.
+    step and for its weight decay, and while it updates a variable that read returns the
+    variable's own rate. Read anywhere else (schedules, logs), it is the base rate.
 
     Args:
         layer_decay: the factor per layer, in (0, 1]; 1 is plain AdamW.
@@ -212,6 +214,11 @@ class LayerDecayAdamW(FusedAdamW):
     def update_step(self, gradient, variable):
         with self._learning_rate_of(variable):
             super().update_step(gradient, variable)
+
+    def _apply_weight_decay(self, variables):
+        for variable in variables:
+            with self._learning_rate_of(variable):
+                super()._apply_weight_decay([variable])
 
     def get_config(self) -> dict:
         return {**super().get_config(), "layer_decay": self.layer_decay, "num_layers": self.num_layers}

@@ -17,6 +17,7 @@ from tfbert.tasks.task_data import (
     InvalidTaskData,
     TaskData,
     carve,
+    column,
     limit_train_samples,
 )
 
@@ -116,7 +117,7 @@ def _missing(value) -> bool:
 
 def _valid_rows(dataset, columns, source, problem_type, on_invalid) -> dict[str, list]:
     """Column lists with our names plus `row` (1-based), invalid rows dropped or refused."""
-    values = {ours: dataset[theirs] for ours, theirs in columns.items()}
+    values = {ours: column(dataset, theirs) for ours, theirs in columns.items()}
     kept = {key: [] for key in [*values, "row"]}
     dropped = 0
     for index in range(len(dataset)):
