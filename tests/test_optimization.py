@@ -1,8 +1,13 @@
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
 
+from tests.conftest import ROOT
 from tfbert.optimization import FusedAdamW, create_adamw, warmup_linear_decay
 
 
@@ -71,6 +76,53 @@ def test_fused_adamw_matches_keras_adamw(jit_compile):
     assert not np.allclose(fused[0], np.reshape(np.arange(12) / 10, (6, 2)))  # it did train
     for got, want in zip(fused, expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+# In a fresh process (logical devices must be set before TensorFlow starts): three steps of
+# Keras' AdamW and of FusedAdamW mirrored over two CPUs, each replica with its own batch.
+MIRRORED_STEPS = """
+import json
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from tfbert.optimization import FusedAdamW
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+inputs = strategy.experimental_distribute_values_from_function(
+    lambda context: tf.constant([[1.0, 2.0]]) * (context.replica_id_in_sync_group + 1))
+weights = {}
+for optimizer_class in (tf_keras.optimizers.AdamW, FusedAdamW):
+    with strategy.scope():
+        kernel = tf.Variable([[0.5, -1.0], [2.0, 0.25]], name="dense/kernel")
+        optimizer = optimizer_class(learning_rate=0.05, weight_decay=0.1)
+        optimizer.build([kernel])
+
+    @tf.function
+    def step(x):
+        def replica_step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.square(tf.matmul(x, kernel) - 1.0))
+            optimizer.apply_gradients([(tape.gradient(loss, kernel), kernel)])
+        strategy.run(replica_step, args=(x,))
+
+    for _ in range(3):
+        step(inputs)
+    weights[optimizer_class.__name__] = [v.numpy().tolist() for v in kernel.values]
+print(json.dumps(weights))
+"""
+
+
+def test_fused_adamw_matches_keras_adamw_mirrored():
+    """Over two replicas each variable copy decays once a step, as with Keras' AdamW."""
+    process = subprocess.run([sys.executable, "-c", MIRRORED_STEPS], capture_output=True, text=True, cwd=ROOT)
+    assert process.returncode == 0, process.stderr[-3000:]
+    weights = json.loads(process.stdout.splitlines()[-1])
+    keras, fused = np.array(weights["AdamW"]), np.array(weights["FusedAdamW"])
+    assert keras.shape == (2, 2, 2)  # the kernel's copy on each replica
+    np.testing.assert_allclose(fused[0], fused[1])  # the copies stay in sync
+    np.testing.assert_allclose(fused, keras, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(keras[0], [[0.5, -1.0], [2.0, 0.25]])  # it did train
 
 
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])

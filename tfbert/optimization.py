@@ -96,8 +96,27 @@ class FusedAdamW(tf_keras.optimizers.AdamW):
         return super().apply_gradients(grads_and_vars, *args, **kwargs)
 
     def _apply_weight_decay(self, variables):
-        # A lazily updated variable decays in _lazy_update, on the rows it updates.
-        super()._apply_weight_decay([v for v in variables if self._var_key(v) not in self._lazy_keys])
+        """Keras' decoupled weight decay, before the Adam steps, in one pass per variable.
+
+        Keras computes `variable * wd * lr` (two multiplications, each writing a temporary
+        as big as the variable) and subtracts it; `shrink`, compiled by XLA, reads and writes
+        the variable once. A lazily updated variable decays in _lazy_update instead.
+        """
+        if self.weight_decay is None:
+            return
+        variables = [
+            v for v in variables if self._var_key(v) not in self._lazy_keys and self._use_weight_decay(v)
+        ]
+
+        def decay(variable):
+            dtype = variable.dtype
+            shrink(variable, tf.cast(self.learning_rate, dtype) * tf.cast(self.weight_decay, dtype))
+
+        def decay_each(distribution, variables):
+            for variable in variables:
+                distribution.extended.update(variable, decay, group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(decay_each, self._distribution_strategy, variables)
 
     def update_step(self, gradient, variable):
         if self.amsgrad:
@@ -222,6 +241,12 @@ class LayerDecayAdamW(FusedAdamW):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "layer_decay": self.layer_decay, "num_layers": self.num_layers}
+
+
+@tf.function(jit_compile=True)
+def shrink(variable: tf.Variable, rate: tf.Tensor):
+    """variable -= variable * rate, fused into one pass."""
+    variable.assign_sub(variable * rate)
 
 
 def warmup_linear_decay(
