@@ -56,9 +56,11 @@ def run_worker(script: Path, name: str, framework: str, threads: int, arguments:
     return result
 
 
-def load_tensorflow(threads: int, onednn: bool | None = None):
-    """TensorFlow with `threads` intra-op threads (set before its runtime starts).
+def load_tensorflow(threads: int, onednn: bool | None = None, intra_op: int | None = None):
+    """TensorFlow on `threads` threads (set before its runtime starts).
 
+    By default every op may use all of them (intra-op parallelism `threads`); with
+    `intra_op`, each op uses that many and up to `threads` ops run at once (inter-op).
     `onednn` turns TensorFlow's oneDNN CPU kernels on or off (TF_ENABLE_ONEDNN_OPTS, read
     when TensorFlow loads); None leaves the environment's choice, or TensorFlow's default
     for this CPU (off without AVX-512).
@@ -67,7 +69,8 @@ def load_tensorflow(threads: int, onednn: bool | None = None):
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_intra_op_parallelism_threads(intra_op or threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
     return tf
 
 

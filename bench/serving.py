@@ -5,7 +5,8 @@ process with the same thread count:
 
   tensorflow  the export of a run (`<run_dir>/export/sentiment/1`, from `python train.py`):
               its `serving_default` signature, raw strings in (tokenized in the graph),
-              with TensorFlow's oneDNN kernels on, as tfbert's processes run it.
+              as tfbert.predict serves it: TensorFlow's oneDNN kernels on, one thread
+              per op and as many ops at once as threads (--tf-intra-op to change it).
   pytorch     transformers `pipeline("text-classification")` on a PyTorch
               BertForSequenceClassification holding the same weights (torch CPU).
 
@@ -20,10 +21,8 @@ corpus sentences, or the script stops.
 Measured, after warmup calls: batch-32 throughput (sentences/s over --sentences
 sentences, one call per batch of 32) and batch-1 latency (p50, p95 over
 --latency-calls calls of one sentence). The targets: tfbert's throughput >= 2x the
-pipeline's, its batch-1 p50 <= 0.6x the pipeline's.
-Beside them, the floors: the served encoder's dense-layer matmuls alone on the same
-sentences' real tokens (see matmul_floors), for one sentence and for packed batches of 32;
-and a TensorFlow profile of --profile-calls batch-1 calls (self-time per op type).
+pipeline's, its batch-1 p50 <= 0.6x the pipeline's. Beside them, a TensorFlow profile of
+--profile-calls batch-1 calls (self-time per op type).
 
     python bench/serving.py outputs/sentiment/pooler/<date>_<time>/export/sentiment/1
     python bench/serving.py <export> --quick      # a check in minutes (serving_quick.{json,md})
@@ -34,7 +33,6 @@ pip install torch==2.13.0 (the `bench` extra).
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -111,12 +109,12 @@ def measure(predict, args) -> dict:
 def run_tensorflow(args) -> dict:
     """The SavedModel's serving_default; also writes the PyTorch twin of its weights.
 
-    Served as tfbert's own processes serve it (tfbert.predict): with tfbert's environment,
-    TensorFlow's oneDNN kernels on (TF_ENABLE_ONEDNN_OPTS=1, what a server should set too).
+    Served as tfbert.predict serves it: tfbert's environment (TensorFlow's oneDNN kernels on,
+    TF_ENABLE_ONEDNN_OPTS=1, what a server should set too) and --tf-intra-op threads per op.
     """
     import tfbert  # noqa: F401  (tfbert's environment, before TensorFlow loads)
 
-    tf = load_tensorflow(args.threads)
+    tf = load_tensorflow(args.threads, intra_op=args.tf_intra_op)
     import tensorflow_text  # noqa: F401  (registers the in-graph tokenizer's ops)
 
     loaded = tf.saved_model.load(str(args.export))
@@ -132,58 +130,9 @@ def run_tensorflow(args) -> dict:
     if args.profile_calls:
         sentences = corpus_sentences(args.profile_calls)
         result["profile"] = profile_op_types(lambda: [predict([sentence]) for sentence in sentences])
-    return {**result, **matmul_floors(tf, weights, args), "onednn": onednn_enabled(),
-            "peak_rss_mb": peak_rss_mb()}
-
-
-ENCODER_KERNEL = re.compile(r"encoder/layer_\._(\d+)/(.+)/kernel")
-LAYER_KERNELS = ("attention/self/query", "attention/self/key", "attention/self/value", "attention/output/dense",
-                 "intermediate/dense", "output/dense")
-
-
-def matmul_floors(tf, variables, args) -> dict:
-    """What the encoder's dense-layer matmuls alone take, on the benchmark's own sentences.
-
-    The same kernels the model serves with, on (real tokens, hidden) activations: no
-    padding, attention, layer norms, activations, tokenizer or call overhead. What no
-    float32 implementation of this model can beat on this machine: the p50 over the
-    latency sentences one at a time, and sentences/s over the throughput sentences with
-    each batch of 32 packed into one (tokens, hidden) matrix.
-    """
-    from tfbert.preprocessing import load_tokenizer
-
-    kernels = {}
-    for variable in variables:
-        if match := ENCODER_KERNEL.search(variable.name):
-            kernels[(int(match[1]), match[2])] = variable
-    layers = [[kernels[(index, name)] for name in LAYER_KERNELS] for index in sorted({index for index, _ in kernels})]
-
-    @tf.function(reduce_retracing=True)
-    def dense_layers(x):
-        for query, key, value, attention_output, intermediate, output in layers:
-            x = x @ query + x @ key + x @ value
-            x = x @ attention_output
-            x = (x @ intermediate) @ output
-        return x
-
-    tokenizer = load_tokenizer(read_run(args.export, args.run_dir)["backbone"])
-    sentences = corpus_sentences(max(args.sentences, args.latency_calls))
-    lengths = [len(ids) for ids in tokenizer(sentences, truncation=True)["input_ids"]]
-    batch_tokens = [sum(lengths[start : start + BATCH_SIZE]) for start in range(0, args.sentences, BATCH_SIZE)]
-    hidden = layers[0][0].shape[0]
-    inputs = {tokens: tf.random.normal((tokens, hidden)) for tokens in {*lengths[: args.latency_calls], *batch_tokens}}
-
-    def seconds(tokens: int) -> float:
-        started = time.perf_counter()
-        dense_layers(inputs[tokens]).numpy()
-        return time.perf_counter() - started
-
-    for tokens in inputs:
-        seconds(tokens)
-    latencies = [seconds(tokens) * 1000 for tokens in lengths[: args.latency_calls]]
-    batch_seconds = sum(seconds(tokens) for tokens in batch_tokens)
-    return {"matmul_floor_p50_ms": statistics.median(latencies),
-            "matmul_floor_sentences_per_second": args.sentences / batch_seconds}
+    threading = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                 "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+    return {**result, "onednn": onednn_enabled(), "threading": threading, "peak_rss_mb": peak_rss_mb()}
 
 
 def write_pytorch_twin(variables, run: dict, directory: Path) -> None:
@@ -255,7 +204,8 @@ def markdown(report: dict) -> str:
         f"batch-1 latency over {report['latency_calls']} calls, {report['threads']} threads. Same weights "
         f"(converted from the SavedModel); probabilities agree within {report['max_probability_difference']:.1e}. "
         f"TensorFlow's oneDNN kernels {'on' if tf_row.get('onednn') else 'off'} (TF_ENABLE_ONEDNN_OPTS, as tfbert "
-        "sets it).",
+        f"sets it); TensorFlow threads: {tf_row['threading']['intra_op']} per op, up to "
+        f"{tf_row['threading']['inter_op']} ops at once; PyTorch: {report['threads']}.",
         "",
         "| system | throughput (sentences/s) | p50 latency (ms) | p95 latency (ms) | peak RSS (MB) |",
         "|---|---|---|---|---|",
@@ -271,15 +221,6 @@ def markdown(report: dict) -> str:
         f"| {'yes' if ratios['throughput_met'] else 'no'} |",
         f"| batch-1 p50 latency | {ratios['p50_latency_ratio']:.2f}x | <= {TARGETS['p50_latency_ratio']}x "
         f"| {'yes' if ratios['p50_latency_met'] else 'no'} |",
-        "",
-        "Floors: the encoder's dense-layer matrix multiplications alone (the served kernels on real tokens "
-        "only: no padding, attention, tokenizer or overhead), on the same sentences. For one sentence they take "
-        f"{tf_row['matmul_floor_p50_ms']:.1f} ms at the p50, {tf_row['matmul_floor_p50_ms'] / pt_row['latency_p50_ms']:.2f}x "
-        f"the pipeline's p50 (the latency target is {TARGETS['p50_latency_ratio'] * pt_row['latency_p50_ms']:.1f} ms). "
-        f"With each batch of {BATCH_SIZE} packed, they run at {tf_row['matmul_floor_sentences_per_second']:.1f} "
-        f"sentences/s, {tf_row['matmul_floor_sentences_per_second'] / pt_row['throughput_sentences_per_second']:.2f}x "
-        f"the pipeline's throughput (the throughput target is "
-        f"{TARGETS['throughput_ratio'] * pt_row['throughput_sentences_per_second']:.1f} sentences/s).",
         *(["", *profile_lines(
             tf_row["profile"], f"{report['profile_calls']} batch-1 calls of the SavedModel",
             f"{tf_row['profile']['busy_ms'] / report['profile_calls']:.1f} ms of op time per call",
@@ -299,6 +240,10 @@ def parse_args(argv=None):
     parser.add_argument("--profile-calls", type=int,
                         help="batch-1 calls traced by the TensorFlow profiler after the timed ones "
                              "(default 100; 10 with --quick; 0: none)")
+    parser.add_argument("--tf-intra-op", type=int, default=1,
+                        help="TensorFlow's threads per op (default 1, as tfbert.predict serves: ops run in "
+                             "parallel on --threads inter-op threads; --tf-intra-op equal to --threads is "
+                             "TensorFlow's default, every thread on every op)")
     add_worker_arguments(parser, WORKERS)
     parser.add_argument("--pytorch-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -307,7 +252,7 @@ def parse_args(argv=None):
     args.latency_calls = args.latency_calls or (40 if args.quick else 300)
     if args.profile_calls is None:
         args.profile_calls = 10 if args.quick else 100
-    for name, least in (("sentences", 2), ("latency_calls", 2), ("threads", 1), ("profile_calls", 0)):
+    for name, least in (("sentences", 2), ("latency_calls", 2), ("threads", 1), ("tf_intra_op", 1), ("profile_calls", 0)):
         if getattr(args, name) < least:
             parser.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
     return args
@@ -324,7 +269,7 @@ def main():
     info = machine_info()
     with tempfile.TemporaryDirectory() as pytorch_dir:
         arguments = [str(args.export), "--sentences", str(args.sentences), "--latency-calls", str(args.latency_calls),
-                     "--profile-calls", str(args.profile_calls),
+                     "--profile-calls", str(args.profile_calls), "--tf-intra-op", str(args.tf_intra_op),
                      "--pytorch-dir", pytorch_dir, *(["--run-dir", str(args.run_dir)] if args.run_dir else [])]
         systems = {name: run_worker(Path(__file__), name, name, args.threads, arguments) for name in WORKERS}
     difference = max(

@@ -21,11 +21,12 @@ HEAD_CLASSES = [
 ]
 
 
-def test_packed_equals_padded(tiny_backbone, tokenizer):
+@pytest.mark.parametrize("shards", [1, 2, 3])
+def test_packed_equals_padded(tiny_backbone, tokenizer, shards):
     in_graph = InGraphTokenizer.from_tokenizer(tokenizer, max_length=16)
     for texts in ([tf.constant(TEXTS)], [tf.constant(TEXTS), tf.constant(PAIRS)]):
         input_ids, token_type_ids = in_graph.rows(*texts)
-        packed = packed_encoder_features(tiny_backbone, input_ids, token_type_ids, hidden_states=True)
+        packed = packed_encoder_features(tiny_backbone, input_ids, token_type_ids, hidden_states=True, shards=shards)
         padded = encoder_features(tiny_backbone, in_graph(*texts), hidden_states=True)
         mask = padded["attention_mask"].numpy().astype(bool)  # (batch, seq)
         np.testing.assert_array_equal(packed["attention_mask"].numpy(), padded["attention_mask"].numpy())
@@ -40,23 +41,38 @@ def test_packed_equals_padded(tiny_backbone, tokenizer):
         assert not packed["last_hidden_state"].numpy()[~mask].any()  # padding stays zero
 
 
-def test_packed_takes_an_empty_batch(tiny_backbone, tokenizer):
-    input_ids, token_type_ids = InGraphTokenizer.from_tokenizer(tokenizer, max_length=16).rows(tf.constant([], tf.string))
-    features = packed_encoder_features(tiny_backbone, input_ids, token_type_ids)
-    assert features["last_hidden_state"].shape[0] == 0 and features["pooler_output"].shape[0] == 0
+@pytest.mark.parametrize("texts", [[], [""]], ids=["no texts", "one empty text"])
+@pytest.mark.parametrize("shards", [1, 3])
+def test_packed_takes_fewer_tokens_than_shards(tiny_backbone, tokenizer, texts, shards):
+    """No texts (0 tokens), or one empty text ([CLS] [SEP]: 2 tokens) cut into 3 runs, some empty."""
+    in_graph = InGraphTokenizer.from_tokenizer(tokenizer, max_length=16)
+    input_ids, token_type_ids = in_graph.rows(tf.constant(texts, tf.string))
+    features = packed_encoder_features(tiny_backbone, input_ids, token_type_ids, shards=shards)
+    assert features["last_hidden_state"].shape[0] == features["pooler_output"].shape[0] == len(texts)
+    if texts:
+        padded = encoder_features(tiny_backbone, in_graph(tf.constant(texts)))
+        np.testing.assert_allclose(features["pooler_output"], padded["pooler_output"], atol=1e-5)
 
 
-def test_cls_only_computes_the_same_cls_outputs(tiny_backbone, tokenizer):
+@pytest.mark.parametrize("shards", [0, -1, 1.5, True])
+def test_shards_must_be_a_positive_integer(tiny_backbone, tokenizer, shards):
+    rows = InGraphTokenizer.from_tokenizer(tokenizer, max_length=16).rows(tf.constant(TEXTS))
+    with pytest.raises(ValueError, match=f"shards must be a positive integer.*got {shards!r}"):
+        packed_encoder_features(tiny_backbone, *rows, shards=shards)
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_cls_only_computes_the_same_cls_outputs(tiny_backbone, tokenizer, shards):
     in_graph = InGraphTokenizer.from_tokenizer(tokenizer, max_length=16)
     for texts in ([tf.constant(TEXTS)], [tf.constant(TEXTS), tf.constant(PAIRS)]):
         input_ids, token_type_ids = in_graph.rows(*texts)
         full = packed_encoder_features(tiny_backbone, input_ids, token_type_ids)
-        cls = packed_encoder_features(tiny_backbone, input_ids, token_type_ids, cls_only=True)
+        cls = packed_encoder_features(tiny_backbone, input_ids, token_type_ids, cls_only=True, shards=shards)
         assert cls["last_hidden_state"].shape == (len(TEXTS), 1, full["last_hidden_state"].shape[-1])
         np.testing.assert_array_equal(cls["attention_mask"].numpy(), np.ones((len(TEXTS), 1)))
         np.testing.assert_allclose(cls["last_hidden_state"][:, 0], full["last_hidden_state"][:, 0], atol=1e-5)
         np.testing.assert_allclose(cls["pooler_output"], full["pooler_output"], atol=1e-5)
-    empty = packed_encoder_features(tiny_backbone, *in_graph.rows(tf.constant([], tf.string)), cls_only=True)
+    empty = packed_encoder_features(tiny_backbone, *in_graph.rows(tf.constant([], tf.string)), cls_only=True, shards=shards)
     assert empty["last_hidden_state"].shape[0] == 0 and empty["pooler_output"].shape[0] == 0
 
 

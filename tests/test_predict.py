@@ -128,11 +128,14 @@ import sys
 from tfbert.predict import main
 main(sys.argv[1:])
 heavy = sorted(name for name in sys.modules if name.split(".")[0] == "transformers" or name.startswith("tfbert.") and name != "tfbert.predict" and name != "tfbert.env")
+import tensorflow as tf
+print("intra-op threads:", tf.config.threading.get_intra_op_parallelism_threads())
 print("heavy:", heavy)
 """
 
 
 def test_cli_needs_no_transformers_nor_model_code(export_dir, tmp_path):
+    """In a process of its own, it also serves with one thread per op (the export's branches run in parallel)."""
     result = subprocess.run(
         [sys.executable, "-c", CLI_IMPORTS, str(export_dir), "a wonderful film"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
@@ -140,4 +143,4 @@ def test_cli_needs_no_transformers_nor_model_code(export_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     label, probability, text = result.stdout.splitlines()[0].split("\t")
     assert label in ("negative", "positive") and 0.5 <= float(probability) <= 1 and text == "'a wonderful film'"
-    assert result.stdout.splitlines()[-1] == "heavy: []"
+    assert result.stdout.splitlines()[-2:] == ["intra-op threads: 1", "heavy: []"]

@@ -34,7 +34,7 @@ from tfbert.preprocessing import TEXT_COLUMNS, InGraphTokenizer, load_tokenizer
 from tfbert.tasks import TaskData
 from tfbert.tasks.task_data import PROBLEM_TYPES
 
-EXPORT_KEYS = ("export_dir", "name", "version")
+EXPORT_KEYS = ("export_dir", "name", "version", "token_shards")
 
 
 class ServingModule(tf.Module):
@@ -42,8 +42,8 @@ class ServingModule(tf.Module):
 
     `serving_default`: string `text` (batch,) [and `text_pair` (batch,)], tokenized in the
         graph; the encoder runs on the real tokens only (tfbert.packed), so a request of
-        mixed lengths costs no padding, and its top layer on [CLS] alone for heads that
-        read only [CLS].
+        mixed lengths costs no padding, its top layer on [CLS] alone for heads that
+        read only [CLS], and its per-token work as `token_shards` independent branches.
     `serve_ids`: int32 `input_ids`, `attention_mask`, `token_type_ids` (batch, seq).
     Outputs, by problem type:
         single_label: `logits`, `probabilities` (softmax) float32 (batch, classes),
@@ -59,6 +59,8 @@ class ServingModule(tf.Module):
         text_columns: the string inputs of `serving_default`: ("text",) or ("text", "text_pair").
         problem_type: `single_label`, `multi_label` or `regression`.
         threshold: multi_label decision threshold on each class probability.
+        token_shards: independent branches of the served encoder's per-token work, one per
+            core of the serving machine when served with one thread per op (README: Serving).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class ServingModule(tf.Module):
         text_columns=("text",),
         problem_type: str = "single_label",
         threshold: float = 0.5,
+        token_shards: int = 2,
     ):
         super().__init__()
         if tuple(text_columns) not in (TEXT_COLUMNS[:1], TEXT_COLUMNS):
@@ -94,6 +97,7 @@ class ServingModule(tf.Module):
                 token_type_ids,
                 hidden_states="hidden_states" in head.reads,
                 cls_only=head.reads_cls_only,
+                shards=token_shards,
             )
             return self._outputs(head(features, training=False))
 
@@ -136,16 +140,23 @@ class Exporter:
         name: the model name TF Serving serves it under; None: the task name.
         version: a positive integer; None: one above the highest version present
             (1 for the first export). An existing version is an error, never overwritten.
+        token_shards: the ServingModule's `token_shards`: independent branches of the
+            served encoder, best the serving machine's core count (README: Serving).
     """
 
-    def __init__(self, export_dir: str | None = None, name: str | None = None, version: int | None = None):
+    def __init__(
+        self, export_dir: str | None = None, name: str | None = None, version: int | None = None, token_shards: int = 2
+    ):
         if name is not None and (not name or "/" in name or name.startswith(".")):
             raise ValueError(f"export name must be a plain directory name, got {name!r}")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
             raise ValueError(f"export version must be a positive integer (TF Serving's layout), got {version!r}")
+        if isinstance(token_shards, bool) or not isinstance(token_shards, int) or token_shards < 1:
+            raise ValueError(f"export token_shards must be a positive integer (best: the serving machine's cores), got {token_shards!r}")
         self.export_dir = export_dir
         self.name = name
         self.version = version
+        self.token_shards = token_shards
 
     def version_dir(self, run_dir: Path, task_name: str) -> Path:
         """`<export_dir>/<name>/<version>`, which must not exist yet."""
@@ -190,9 +201,12 @@ def export_classifier(
     """
     tokenizer = InGraphTokenizer.from_tokenizer(load_tokenizer(backbone_name), task.max_length)
     text_columns = TEXT_COLUMNS if task.has_pairs else TEXT_COLUMNS[:1]
-    module = ServingModule(model, tokenizer, task.label_names, text_columns, task.problem_type, task.threshold)
-    card = ModelCard.describe(model, task, backbone_name, metrics)
-    return (exporter or Exporter())(module, card, run_dir)
+    exporter = exporter or Exporter()
+    module = ServingModule(
+        model, tokenizer, task.label_names, text_columns, task.problem_type, task.threshold, exporter.token_shards
+    )
+    card = ModelCard.describe(model, task, backbone_name, metrics, exporter.token_shards)
+    return exporter(module, card, run_dir)
 
 
 def load_run_config(run_dir: Path) -> DictConfig:

@@ -26,6 +26,7 @@ class ModelCard:
         head: the head's class and settings.
         max_length: longest token sequence; longer inputs are truncated.
         metrics: test-split metrics of the run, if known.
+        token_shards: independent branches of the served encoder (tfbert.packed).
     """
 
     task: str
@@ -35,9 +36,12 @@ class ModelCard:
     head: str
     max_length: int
     metrics: dict | None = None
+    token_shards: int = 1
 
     @classmethod
-    def describe(cls, model: tf_keras.Model, task: TaskData, backbone_name: str, metrics: dict | None = None):
+    def describe(
+        cls, model: tf_keras.Model, task: TaskData, backbone_name: str, metrics: dict | None = None, token_shards: int = 1
+    ):
         """The card of `model`, a classifier built by tfbert.classifier.build_classifier."""
         (head,) = [layer for layer in model.layers if isinstance(layer, ClassificationHead)]
         (config,) = [layer.config for layer in model.layers if hasattr(layer, "config")]
@@ -52,6 +56,7 @@ class ModelCard:
             head=f"{type(head).__name__} (dropout {head.dropout})",
             max_length=task.max_length,
             metrics=(metrics or {}).get("test"),
+            token_shards=token_shards,
         )
 
     def render(self, saved_model, model_name: str) -> str:
@@ -95,6 +100,14 @@ class ModelCard:
 vocabulary and casing, pads each batch to its longest text only, and cuts texts to
 {self.max_length} tokens. Empty or whitespace-only texts are classified from [CLS] [SEP]
 alone; bytes that are not UTF-8 are dropped.
+
+## Serving on CPU
+
+The encoder runs as {self.token_shards} independent branch{"es" if self.token_shards > 1 else ""} of the graph, which TensorFlow runs
+side by side on its inter-op threads. Serve with one thread per op and as many ops at once
+as cores, and with TensorFlow's oneDNN kernels:
+`TF_ENABLE_ONEDNN_OPTS=1 tensorflow_model_server --tensorflow_intra_op_parallelism=1
+--tensorflow_inter_op_parallelism=<cores> ...` (tfbert.predict does the same).
 
 ## TensorFlow Serving REST API
 

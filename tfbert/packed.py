@@ -10,6 +10,14 @@ sentence, sees a padded (batch, heads, seq, seq) view. For a head that reads onl
 the [CLS] tokens alone: the other positions of the top layer feed nothing it reads.
 The layers and weights are the TFBertModel's own, called in inference mode, so the
 outputs equal the padded model's up to float rounding.
+
+With `shards` > 1 the packed tokens are cut into that many consecutive runs, and each
+layer's per-token work runs once per run: independent branches of the graph that meet
+only where attention needs every token's key and value. TensorFlow runs independent ops
+at once on its inter-op threads, so with one thread per op (intra-op parallelism 1) each
+core takes a branch. That beats splitting every op over the cores when the ops are small:
+for one 25-token sentence an op's own matrix is too small for its threads to keep up
+(bench/results/serving.md has both).
 """
 
 import tensorflow as tf
@@ -22,6 +30,7 @@ def packed_encoder_features(
     token_type_ids: tf.RaggedTensor,
     hidden_states: bool = False,
     cls_only: bool = False,
+    shards: int = 1,
 ) -> dict:
     """The dict a head reads (see tfbert.heads), for ragged int32 (batch, None) token rows.
 
@@ -29,9 +38,12 @@ def packed_encoder_features(
     `hidden_states` adds every layer's output, (batch, layers + 1, seq, hidden).
     `cls_only` (not with hidden_states): last_hidden_state is (batch, 1, hidden), the
     [CLS] vectors only, and attention_mask (batch, 1); pooler_output is unchanged.
+    `shards`: independent branches of the per-token work (see the module docstring).
     """
     if cls_only and hidden_states:
         raise ValueError("cls_only computes the top layer for [CLS] only, so it cannot return hidden_states")
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"shards must be a positive integer (independent branches of the encoder), got {shards!r}")
     bert = backbone.bert
     row_lengths = input_ids.row_lengths()
     positions = tf.ragged.range(row_lengths).flat_values  # (tokens,)
@@ -64,6 +76,14 @@ def packed_encoder_features(
         rows = tf.reshape(rows, [shape[0], shape[1], parts, heads, head_size])
         return tf.unstack(tf.transpose(rows, [2, 0, 3, 1, 4]), parts)
 
+    def split_rows(packed: tf.Tensor) -> list[tf.Tensor]:
+        """(1, tokens, width) -> `shards` consecutive runs of (1, about tokens / shards, width)."""
+        if shards == 1:
+            return [packed]
+        bounds = [tf.shape(packed)[1] * part // shards for part in range(shards + 1)]
+        return [packed[:, start:end] for start, end in zip(bounds, bounds[1:])]
+
+    parts = split_rows(tokens)  # this layer's input, run by run
     layer_outputs = [tokens]
     for index, layer in enumerate(layers):
         attention = layer.attention.self_attention
@@ -71,19 +91,28 @@ def packed_encoder_features(
         if top_cls_only:  # queries, and so outputs, for each row's [CLS] only
             queries = tf.gather(tokens, input_ids.row_starts(), axis=1)  # (1, batch, hidden)
             (query,) = split_heads(attention.query(queries)[0][:, tf.newaxis], 1)  # (batch, heads, 1, size)
-            key, value = split_heads(padded(tf.concat([attention.key(tokens), attention.value(tokens)], -1)), 2)
+            projections = (attention.key, attention.value)
         else:
-            queries = tokens
-            query, key, value = split_heads(
-                padded(tf.concat([attention.query(tokens), attention.key(tokens), attention.value(tokens)], -1)), 3
-            )
+            projections = (attention.query, attention.key, attention.value)
+        # Each run's projections side by side, the runs back in packed order: (1, tokens, n * hidden).
+        projected = tf.concat([tf.concat([dense(part) for dense in projections], -1) for part in parts], 1)
+        projected = split_heads(padded(projected), len(projections))  # [queries,] keys, values
+        key, value = projected[-2:]
+        if not top_cls_only:
+            query = projected[0]
         scores = tf.matmul(query, key, transpose_b=True) / tf.cast(attention.sqrt_att_head_size, tokens.dtype)
         probabilities = tf.nn.softmax(scores + key_bias, axis=-1)  # (batch, heads, queries, seq)
         context = tf.transpose(tf.matmul(probabilities, value), [0, 2, 1, 3])  # (batch, queries, heads, size)
         context = tf.reshape(context, [-1, heads * head_size])  # (batch * queries, hidden)
-        context = (context if top_cls_only else tf.gather(context, real_slots))[tf.newaxis]  # (1, queries, hidden)
-        tokens = layer.attention.dense_output(context, queries, training=False)
-        tokens = layer.bert_output(layer.intermediate(tokens), tokens, training=False)
+        if top_cls_only:  # (1, batch, hidden): one small run
+            contexts, residuals = [context[tf.newaxis]], [queries]
+        else:  # (1, tokens, hidden), cut where this layer's input was
+            contexts, residuals = split_rows(tf.gather(context, real_slots)[tf.newaxis]), parts
+        parts = []
+        for context, residual in zip(contexts, residuals):
+            attended = layer.attention.dense_output(context, residual, training=False)
+            parts.append(layer.bert_output(layer.intermediate(attended), attended, training=False))
+        tokens = tf.concat(parts, 1) if len(parts) > 1 else parts[0]
         layer_outputs.append(tokens)
 
     last_hidden_state = tokens[0][:, tf.newaxis] if cls_only else padded(tokens)  # (batch, seq or 1, hidden)

@@ -45,6 +45,20 @@ def find_saved_model(path: Path) -> Path:
     return versions[-1][1]
 
 
+def serve_with_one_thread_per_op() -> None:
+    """TensorFlow's threading for tfbert exports: one thread per op, as many ops at once as cores.
+
+    An export's encoder runs as independent branches (`token_shards`, tfbert.packed), which
+    the inter-op threads run side by side; the intra-op default (every core on every op)
+    costs more than it gains on the small matrices of a request. Only before TensorFlow's
+    runtime starts: later, its settings stay.
+    """
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+    except RuntimeError:  # the runtime already started (TensorFlow was used before in this process)
+        pass
+
+
 def load_serving(path: Path):
     """The `serving_default` signature of the export at `path`: string columns -> outputs."""
     return tf.saved_model.load(str(find_saved_model(path))).signatures["serving_default"]
@@ -136,6 +150,7 @@ def main(argv: list[str]) -> None:
         parser.error(f"--batch-size must be positive, got {arguments.batch_size}")
     if arguments.texts and arguments.input:
         parser.error("give texts as arguments or --input, not both")
+    serve_with_one_thread_per_op()
     try:
         serving = load_serving(arguments.export)
         columns = text_columns(serving)

@@ -49,6 +49,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
     # What `python -m tfbert.export run_dir=...` rebuilds the model from.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     tf_keras.utils.set_random_seed(cfg.seed)
+    exporter = instantiate(cfg.export)  # a bad export setting fails now, not after training
 
     task: TaskData = instantiate(cfg.task)
     log.info("task %s (%s): %s", task.name, task.problem_type, task.summary()["sizes"])
@@ -113,6 +114,6 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
     }
     write_json(run_dir / "metrics.json", metrics)
     log.info("test metrics: %s", {key: value for key, value in metrics["test"].items() if isinstance(value, float)})
-    export = export_classifier(model, task, cfg.model.name_or_path, run_dir, instantiate(cfg.export), metrics)
+    export = export_classifier(model, task, cfg.model.name_or_path, run_dir, exporter, metrics)
     log.info("%s", run_summary(metrics, run_dir, export))
     return metrics
