@@ -52,7 +52,7 @@ def packed_encoder_features(
         position_ids=positions[tf.newaxis],
         token_type_ids=token_type_ids.flat_values[tf.newaxis],
         training=False,
-    )  # (1, tokens, hidden): BERT's layer norms are built for rank 3
+    )[0]  # (tokens, hidden)
     seq = tf.maximum(tf.reduce_max(row_lengths), 1)  # an empty batch still has a [CLS] column
     real = tf.sequence_mask(row_lengths, seq)  # (batch, seq)
     # BERT's additive mask: 0 for real keys, -10000 for padding.
@@ -63,8 +63,12 @@ def packed_encoder_features(
     real_slots = tf.where(tf.reshape(real, [-1]))[:, 0]  # (tokens,) in packed order
 
     def padded(packed: tf.Tensor) -> tf.Tensor:
-        """(1, tokens, width) -> (batch, seq, width), zeros after each row's end."""
-        return tf.gather(tf.pad(packed[0], [[0, 1], [0, 0]]), slot)
+        """(tokens, width) -> (batch, seq, width), zeros after each row's end."""
+        return tf.gather(tf.pad(packed, [[0, 1], [0, 0]]), slot)
+
+    def add_and_norm(norm: tf_keras.layers.Layer, update: tf.Tensor, residual: tf.Tensor) -> tf.Tensor:
+        """BERT's residual connection and layer norm on (tokens, hidden); its norms are built for rank 3."""
+        return norm((update + residual)[tf.newaxis])[0]
 
     layers = bert.encoder.layer
     heads = layers[0].attention.self_attention.num_attention_heads
@@ -77,25 +81,27 @@ def packed_encoder_features(
         return tf.unstack(tf.transpose(rows, [2, 0, 3, 1, 4]), parts)
 
     def split_rows(packed: tf.Tensor) -> list[tf.Tensor]:
-        """(1, tokens, width) -> `shards` consecutive runs of (1, about tokens / shards, width)."""
+        """(tokens, width) -> `shards` consecutive runs of (about tokens / shards, width)."""
         if shards == 1:
             return [packed]
-        bounds = [tf.shape(packed)[1] * part // shards for part in range(shards + 1)]
-        return [packed[:, start:end] for start, end in zip(bounds, bounds[1:])]
+        bounds = [tf.shape(packed)[0] * part // shards for part in range(shards + 1)]
+        return [packed[start:end] for start, end in zip(bounds, bounds[1:])]
 
+    # The dense layers see rank-2 inputs, (tokens, width): one MatMul each, where a rank-3
+    # input would add the reshapes and shape arithmetic of a tensordot.
     parts = split_rows(tokens)  # this layer's input, run by run
     layer_outputs = [tokens]
     for index, layer in enumerate(layers):
         attention = layer.attention.self_attention
         top_cls_only = cls_only and index == len(layers) - 1
         if top_cls_only:  # queries, and so outputs, for each row's [CLS] only
-            queries = tf.gather(tokens, input_ids.row_starts(), axis=1)  # (1, batch, hidden)
-            (query,) = split_heads(attention.query(queries)[0][:, tf.newaxis], 1)  # (batch, heads, 1, size)
+            queries = tf.gather(tokens, input_ids.row_starts())  # (batch, hidden)
+            (query,) = split_heads(attention.query(queries)[:, tf.newaxis], 1)  # (batch, heads, 1, size)
             projections = (attention.key, attention.value)
         else:
             projections = (attention.query, attention.key, attention.value)
-        # Each run's projections side by side, the runs back in packed order: (1, tokens, n * hidden).
-        projected = tf.concat([tf.concat([dense(part) for dense in projections], -1) for part in parts], 1)
+        # Each run's projections side by side, the runs back in packed order: (tokens, n * hidden).
+        projected = tf.concat([tf.concat([dense(part) for dense in projections], -1) for part in parts], 0)
         projected = split_heads(padded(projected), len(projections))  # [queries,] keys, values
         key, value = projected[-2:]
         if not top_cls_only:
@@ -104,18 +110,20 @@ def packed_encoder_features(
         probabilities = tf.nn.softmax(scores + key_bias, axis=-1)  # (batch, heads, queries, seq)
         context = tf.transpose(tf.matmul(probabilities, value), [0, 2, 1, 3])  # (batch, queries, heads, size)
         context = tf.reshape(context, [-1, heads * head_size])  # (batch * queries, hidden)
-        if top_cls_only:  # (1, batch, hidden): one small run
-            contexts, residuals = [context[tf.newaxis]], [queries]
-        else:  # (1, tokens, hidden), cut where this layer's input was
-            contexts, residuals = split_rows(tf.gather(context, real_slots)[tf.newaxis]), parts
+        if top_cls_only:  # (batch, hidden): one small run
+            contexts, residuals = [context], [queries]
+        else:  # (tokens, hidden), cut where this layer's input was
+            contexts, residuals = split_rows(tf.gather(context, real_slots)), parts
         parts = []
         for context, residual in zip(contexts, residuals):
-            attended = layer.attention.dense_output(context, residual, training=False)
-            parts.append(layer.bert_output(layer.intermediate(attended), attended, training=False))
-        tokens = tf.concat(parts, 1) if len(parts) > 1 else parts[0]
+            # TFBertSelfOutput, TFBertIntermediate and TFBertOutput in inference mode (no dropout).
+            attended = add_and_norm(layer.attention.dense_output.LayerNorm, layer.attention.dense_output.dense(context), residual)
+            intermediate = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(attended))
+            parts.append(add_and_norm(layer.bert_output.LayerNorm, layer.bert_output.dense(intermediate), attended))
+        tokens = tf.concat(parts, 0) if len(parts) > 1 else parts[0]
         layer_outputs.append(tokens)
 
-    last_hidden_state = tokens[0][:, tf.newaxis] if cls_only else padded(tokens)  # (batch, seq or 1, hidden)
+    last_hidden_state = tokens[:, tf.newaxis] if cls_only else padded(tokens)  # (batch, seq or 1, hidden)
     features = {
         "last_hidden_state": last_hidden_state,
         "pooler_output": bert.pooler(last_hidden_state),  # (batch, hidden): reads [:, 0]
