@@ -80,11 +80,13 @@ def packed_encoder_features(
         rows = tf.reshape(rows, [shape[0], shape[1], parts, heads, head_size])
         return tf.unstack(tf.transpose(rows, [2, 0, 3, 1, 4]), parts)
 
+    total = tf.size(input_ids.flat_values)
+    bounds = [total * part // shards for part in range(shards + 1)]  # the same runs in every layer
+
     def split_rows(packed: tf.Tensor) -> list[tf.Tensor]:
         """(tokens, width) -> `shards` consecutive runs of (about tokens / shards, width)."""
         if shards == 1:
             return [packed]
-        bounds = [tf.shape(packed)[0] * part // shards for part in range(shards + 1)]
         return [packed[start:end] for start, end in zip(bounds, bounds[1:])]
 
     # The dense layers see rank-2 inputs, (tokens, width): one MatMul each, where a rank-3
