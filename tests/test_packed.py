@@ -9,7 +9,7 @@ import tensorflow as tf
 from tfbert import heads
 from tfbert.classifier import build_classifier, encoder_features
 from tfbert.export import ServingModule
-from tfbert.packed import packed_encoder_features
+from tfbert.packed import fused_query_key_value, packed_encoder_features
 from tfbert.preprocessing import InGraphTokenizer
 
 TEXTS = ["a fine film", "", "the plot drags on and on, for far too long, and nobody in it seems to care",
@@ -21,12 +21,16 @@ HEAD_CLASSES = [
 ]
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["three_projections", "fused_query_key_value"])
 @pytest.mark.parametrize("shards", [1, 2, 3])
-def test_packed_equals_padded(tiny_backbone, tokenizer, shards):
+def test_packed_equals_padded(tiny_backbone, tokenizer, shards, fused):
     in_graph = InGraphTokenizer.from_tokenizer(tokenizer, max_length=16)
+    query_key_value = fused_query_key_value(tiny_backbone) if fused else None
     for texts in ([tf.constant(TEXTS)], [tf.constant(TEXTS), tf.constant(PAIRS)]):
         input_ids, token_type_ids = in_graph.rows(*texts)
-        packed = packed_encoder_features(tiny_backbone, input_ids, token_type_ids, hidden_states=True, shards=shards)
+        packed = packed_encoder_features(
+            tiny_backbone, input_ids, token_type_ids, hidden_states=True, shards=shards, query_key_value=query_key_value
+        )
         padded = encoder_features(tiny_backbone, in_graph(*texts), hidden_states=True)
         mask = padded["attention_mask"].numpy().astype(bool)  # (batch, seq)
         np.testing.assert_array_equal(packed["attention_mask"].numpy(), padded["attention_mask"].numpy())
@@ -67,7 +71,10 @@ def test_cls_only_computes_the_same_cls_outputs(tiny_backbone, tokenizer, shards
     for texts in ([tf.constant(TEXTS)], [tf.constant(TEXTS), tf.constant(PAIRS)]):
         input_ids, token_type_ids = in_graph.rows(*texts)
         full = packed_encoder_features(tiny_backbone, input_ids, token_type_ids)
-        cls = packed_encoder_features(tiny_backbone, input_ids, token_type_ids, cls_only=True, shards=shards)
+        cls = packed_encoder_features(
+            tiny_backbone, input_ids, token_type_ids, cls_only=True, shards=shards,
+            query_key_value=fused_query_key_value(tiny_backbone),
+        )
         assert cls["last_hidden_state"].shape == (len(TEXTS), 1, full["last_hidden_state"].shape[-1])
         np.testing.assert_array_equal(cls["attention_mask"].numpy(), np.ones((len(TEXTS), 1)))
         np.testing.assert_allclose(cls["last_hidden_state"][:, 0], full["last_hidden_state"][:, 0], atol=1e-5)

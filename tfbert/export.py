@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from tfbert.checkpoints import best_checkpoint
 from tfbert.classifier import INPUT_NAMES, build_classifier, classifier_parts
 from tfbert.model_card import ModelCard
-from tfbert.packed import packed_encoder_features
+from tfbert.packed import fused_query_key_value, packed_encoder_features
 from tfbert.preprocessing import TEXT_COLUMNS, InGraphTokenizer, load_tokenizer
 from tfbert.tasks import TaskData
 from tfbert.tasks.task_data import PROBLEM_TYPES
@@ -43,7 +43,9 @@ class ServingModule(tf.Module):
     `serving_default`: string `text` (batch,) [and `text_pair` (batch,)], tokenized in the
         graph; the encoder runs on the real tokens only (tfbert.packed), so a request of
         mixed lengths costs no padding, its top layer on [CLS] alone for heads that
-        read only [CLS], and its per-token work as `token_shards` independent branches.
+        read only [CLS], and its per-token work as `token_shards` independent branches;
+        each layer's query, key and value kernels are held side by side too (a copy made
+        when the module is built: build it from the trained model), one matmul per run.
     `serve_ids`: int32 `input_ids`, `attention_mask`, `token_type_ids` (batch, seq).
     Outputs, by problem type:
         single_label: `logits`, `probabilities` (softmax) float32 (batch, classes),
@@ -88,6 +90,7 @@ class ServingModule(tf.Module):
         # never uses (seconds more to write and to load). So only the functions hold the model.
         self.weights = list(model.weights)
         backbone, head = classifier_parts(model)
+        self.query_key_value = fused_query_key_value(backbone)
 
         def serve_text(*texts):
             input_ids, token_type_ids = tokenizer.rows(*texts)
@@ -98,6 +101,7 @@ class ServingModule(tf.Module):
                 hidden_states="hidden_states" in head.reads,
                 cls_only=head.reads_cls_only,
                 shards=token_shards,
+                query_key_value=self.query_key_value,
             )
             return self._outputs(head(features, training=False))
 

@@ -17,7 +17,8 @@ only where attention needs every token's key and value. TensorFlow runs independ
 at once on its inter-op threads, so with one thread per op (intra-op parallelism 1) each
 core takes a branch. That beats splitting every op over the cores when the ops are small:
 for one 25-token sentence an op's own matrix is too small for its threads to keep up
-(bench/results/serving.md has both).
+(bench/results/serving.md has both). With `query_key_value` (fused_query_key_value), each
+run's query, key and value projections are one matrix multiplication.
 """
 
 import tensorflow as tf
@@ -31,6 +32,7 @@ def packed_encoder_features(
     hidden_states: bool = False,
     cls_only: bool = False,
     shards: int = 1,
+    query_key_value: list | None = None,
 ) -> dict:
     """The dict a head reads (see tfbert.heads), for ragged int32 (batch, None) token rows.
 
@@ -39,6 +41,9 @@ def packed_encoder_features(
     `cls_only` (not with hidden_states): last_hidden_state is (batch, 1, hidden), the
     [CLS] vectors only, and attention_mask (batch, 1); pooler_output is unchanged.
     `shards`: independent branches of the per-token work (see the module docstring).
+    `query_key_value`: per layer, (kernel, bias) of its query, key and value projections
+        side by side, (hidden, 3 * hidden) and (3 * hidden,) (see fused_query_key_value):
+        one matrix multiplication per run instead of three. None: the three dense layers.
     """
     if cls_only and hidden_states:
         raise ValueError("cls_only computes the top layer for [CLS] only, so it cannot return hidden_states")
@@ -103,7 +108,11 @@ def packed_encoder_features(
         else:
             projections = (attention.query, attention.key, attention.value)
         # Each run's projections side by side, the runs back in packed order: (tokens, n * hidden).
-        projected = tf.concat([tf.concat([dense(part) for dense in projections], -1) for part in parts], 0)
+        if query_key_value is not None and not top_cls_only:
+            kernel, bias = query_key_value[index]
+            projected = tf.concat([tf.nn.bias_add(tf.matmul(part, kernel), bias) for part in parts], 0)
+        else:
+            projected = tf.concat([tf.concat([dense(part) for dense in projections], -1) for part in parts], 0)
         projected = split_heads(padded(projected), len(projections))  # [queries,] keys, values
         key, value = projected[-2:]
         if not top_cls_only:
@@ -134,3 +143,19 @@ def packed_encoder_features(
     if hidden_states:
         features["hidden_states"] = tf.stack([padded(output) for output in layer_outputs], axis=1)
     return features
+
+
+def fused_query_key_value(backbone: tf_keras.Model) -> list[tuple[tf.Variable, tf.Variable]]:
+    """Per encoder layer, its query, key and value kernels and biases side by side, as new variables.
+
+    A copy of the weights as they are now: what `packed_encoder_features(query_key_value=...)` reads.
+    """
+    fused = []
+    for layer in backbone.bert.encoder.layer:
+        attention = layer.attention.self_attention
+        dense = (attention.query, attention.key, attention.value)
+        fused.append((
+            tf.Variable(tf.concat([d.kernel for d in dense], 1), trainable=False, name="query_key_value/kernel"),
+            tf.Variable(tf.concat([d.bias for d in dense], 0), trainable=False, name="query_key_value/bias"),
+        ))
+    return fused
