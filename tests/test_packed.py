@@ -21,7 +21,7 @@ HEAD_CLASSES = [
 ]
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["three_projections", "fused_query_key_value"])
+@pytest.mark.parametrize("fused", [False, True], ids=["side_by_side_per_call", "fused_once"])
 @pytest.mark.parametrize("shards", [1, 2, 3])
 def test_packed_equals_padded(tiny_backbone, tokenizer, shards, fused):
     in_graph = InGraphTokenizer.from_tokenizer(tokenizer, max_length=16)

@@ -43,13 +43,16 @@ def packed_encoder_features(
     `shards`: independent branches of the per-token work (see the module docstring).
     `query_key_value`: per layer, (kernel, bias) of its query, key and value projections
         side by side, (hidden, 3 * hidden) and (3 * hidden,) (see fused_query_key_value):
-        one matrix multiplication per run instead of three. None: the three dense layers.
+        one matrix multiplication per run instead of three. None: put side by side on
+        every call (a copy of those weights per call).
     """
     if cls_only and hidden_states:
         raise ValueError("cls_only computes the top layer for [CLS] only, so it cannot return hidden_states")
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise ValueError(f"shards must be a positive integer (independent branches of the encoder), got {shards!r}")
     bert = backbone.bert
+    if query_key_value is None:  # side by side on every call; fused_query_key_value does it once
+        query_key_value = [side_by_side(layer.attention.self_attention) for layer in bert.encoder.layer]
     row_lengths = input_ids.row_lengths()
     positions = tf.ragged.range(row_lengths).flat_values  # (tokens,)
     tokens = bert.embeddings(
@@ -104,16 +107,17 @@ def packed_encoder_features(
         if top_cls_only:  # queries, and so outputs, for each row's [CLS] only
             queries = tf.gather(tokens, input_ids.row_starts())  # (batch, hidden)
             (query,) = split_heads(attention.query(queries)[:, tf.newaxis], 1)  # (batch, heads, 1, size)
-            projections = (attention.key, attention.value)
+
+            def project(part):  # (run, hidden) -> (run, 2 * hidden): keys, values
+                return tf.concat([attention.key(part), attention.value(part)], -1)
         else:
-            projections = (attention.query, attention.key, attention.value)
-        # Each run's projections side by side, the runs back in packed order: (tokens, n * hidden).
-        if query_key_value is not None and not top_cls_only:
             kernel, bias = query_key_value[index]
-            projected = tf.concat([tf.nn.bias_add(tf.matmul(part, kernel), bias) for part in parts], 0)
-        else:
-            projected = tf.concat([tf.concat([dense(part) for dense in projections], -1) for part in parts], 0)
-        projected = split_heads(padded(projected), len(projections))  # [queries,] keys, values
+
+            def project(part):  # (run, hidden) -> (run, 3 * hidden): queries, keys, values
+                return tf.nn.bias_add(tf.matmul(part, kernel), bias)
+
+        # Every run's projections, back in packed order, then per sentence and head.
+        projected = split_heads(padded(tf.concat([project(part) for part in parts], 0)), 2 if top_cls_only else 3)
         key, value = projected[-2:]
         if not top_cls_only:
             query = projected[0]
@@ -145,17 +149,21 @@ def packed_encoder_features(
     return features
 
 
-def fused_query_key_value(backbone: tf_keras.Model) -> list[tuple[tf.Variable, tf.Variable]]:
-    """Per encoder layer, its query, key and value kernels and biases side by side, as new variables.
+def side_by_side(attention: tf_keras.layers.Layer) -> tuple[tf.Tensor, tf.Tensor]:
+    """A TFBertSelfAttention's query, key and value kernels, (hidden, 3 * hidden), and biases, (3 * hidden,)."""
+    dense = (attention.query, attention.key, attention.value)
+    return tf.concat([d.kernel for d in dense], 1), tf.concat([d.bias for d in dense], 0)
 
-    A copy of the weights as they are now: what `packed_encoder_features(query_key_value=...)` reads.
+
+def fused_query_key_value(backbone: tf_keras.Model) -> list[tuple[tf.Variable, tf.Variable]]:
+    """Per encoder layer, side_by_side of its attention, as new variables: one copy, made now.
+
+    What `packed_encoder_features(query_key_value=...)` reads; the copy does not follow
+    later changes to the backbone's weights.
     """
     fused = []
     for layer in backbone.bert.encoder.layer:
-        attention = layer.attention.self_attention
-        dense = (attention.query, attention.key, attention.value)
-        fused.append((
-            tf.Variable(tf.concat([d.kernel for d in dense], 1), trainable=False, name="query_key_value/kernel"),
-            tf.Variable(tf.concat([d.bias for d in dense], 0), trainable=False, name="query_key_value/bias"),
-        ))
+        kernel, bias = side_by_side(layer.attention.self_attention)
+        fused.append((tf.Variable(kernel, trainable=False, name="query_key_value/kernel"),
+                      tf.Variable(bias, trainable=False, name="query_key_value/bias")))
     return fused
