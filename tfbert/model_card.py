@@ -36,11 +36,11 @@ class ModelCard:
     head: str
     max_length: int
     metrics: dict | None = None
-    token_shards: int = 1
+    token_shards: int = 2
 
     @classmethod
     def describe(
-        cls, model: tf_keras.Model, task: TaskData, backbone_name: str, metrics: dict | None = None, token_shards: int = 1
+        cls, model: tf_keras.Model, task: TaskData, backbone_name: str, metrics: dict | None = None, token_shards: int = 2
     ):
         """The card of `model`, a classifier built by tfbert.classifier.build_classifier."""
         (head,) = [layer for layer in model.layers if isinstance(layer, ClassificationHead)]
@@ -76,6 +76,11 @@ class ModelCard:
         if scores and "examples" in self.metrics:
             metrics += f" ({self.metrics['examples']} test examples)"
         labels = ", ".join(f"{index} = {name}" for index, name in enumerate(self.label_names))
+        branches = (
+            f"The encoder runs as {self.token_shards} independent branches of the graph, which TensorFlow runs\n"
+            "side by side on its inter-op threads."
+            if self.token_shards > 1 else "The encoder runs as one chain of ops (exported with token_shards 1)."
+        )
         signatures = "\n".join(
             f"- `{key}`: {_describe(function.structured_input_signature[1])} -> "
             f"{_describe(function.structured_outputs)}"
@@ -103,8 +108,7 @@ alone; bytes that are not UTF-8 are dropped.
 
 ## Serving on CPU
 
-The encoder runs as {self.token_shards} independent branch{"es" if self.token_shards > 1 else ""} of the graph, which TensorFlow runs
-side by side on its inter-op threads. Serve with one thread per op and as many ops at once
+{branches} Serve with one thread per op and as many ops at once
 as cores, and with TensorFlow's oneDNN kernels:
 `TF_ENABLE_ONEDNN_OPTS=1 tensorflow_model_server --tensorflow_intra_op_parallelism=1
 --tensorflow_inter_op_parallelism=<cores> ...` (tfbert.predict does the same).
