@@ -97,7 +97,7 @@ def test_model_card_describes_the_model_and_its_rest_api(export_dir, served):
     card = (export_dir / "model_card.md").read_text()
     for fact in ("0 = negative, 1 = positive", "MeanPoolingHead", MINILM, "2 layers, hidden size 32",
                  f"{MAX_LENGTH} tokens", "accuracy 0.7500, f1_macro 0.7000 (24 test examples)", "POST /v1/models/sentiment:predict",
-                 "runs as 2 independent branches", "--tensorflow_intra_op_parallelism=1"):
+                 "runs as 2 parallel branches", "--tensorflow_intra_op_parallelism=1"):
         assert fact in card
     request, response = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", card, re.S)]
     assert request == {"instances": list(EXAMPLE_TEXTS)}
@@ -152,10 +152,10 @@ def test_a_failed_export_leaves_nothing_behind(module_and_card, tmp_path, monkey
         (dict(version="2"), "positive integer"),
         (dict(name="a/b"), "plain directory name"),
         (dict(name=".hidden"), "plain directory name"),
-        (dict(token_shards=0), "token_shards must be a positive integer"),
-        (dict(token_shards=1.5), "token_shards must be a positive integer"),
+        (dict(branches=0), "branches must be a positive integer"),
+        (dict(branches=1.5), "branches must be a positive integer"),
     ],
-    ids=["version_zero", "version_string", "name_with_slash", "hidden_name", "no_shards", "fractional_shards"],
+    ids=["version_zero", "version_string", "name_with_slash", "hidden_name", "no_branches", "fractional_branches"],
 )
 def test_bad_exporter_arguments_are_refused(arguments, message):
     with pytest.raises(ValueError, match=message):
@@ -215,7 +215,7 @@ def finished_run(snippets_file, tmp_path_factory):
 
 def test_export_cli_rebuilds_the_trained_model(finished_run, tokenizer, capsys):
     run_dir, model = finished_run
-    main([f"run_dir={run_dir}", "export.name=from_run", "export.version=3", "export.token_shards=3"])
+    main([f"run_dir={run_dir}", "export.name=from_run", "export.version=3", "export.branches=1"])
     directory = run_dir / "export" / "from_run" / "3"
     assert capsys.readouterr().out.strip() == str(directory)
     texts = ["a wonderful movie", "dull and tedious"]
@@ -223,9 +223,13 @@ def test_export_cli_rebuilds_the_trained_model(finished_run, tokenizer, capsys):
     expected = tf.nn.softmax(model({name: tf.constant(tokens[name], tf.int32) for name in INPUT_NAMES})).numpy()
     served = tf.saved_model.load(str(directory)).signatures["serving_default"](text=tf.constant(texts))
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
-    assert "accuracy 0.5000" in (directory / "model_card.md").read_text()
+    card = (directory / "model_card.md").read_text()
+    assert "accuracy 0.5000" in card and "one chain of ops (exported with branches 1)" in card
     with pytest.raises(SystemExit, match="from_run/3 already exists"):
         main([f"run_dir={run_dir}", "export.name=from_run", "export.version=3"])
+    with pytest.raises(SystemExit, match="export branches must be an integer from 1 to the encoder's 2 attention heads"):
+        main([f"run_dir={run_dir}", "export.name=from_run", "export.branches=3"])
+    assert sorted(path.name for path in directory.parent.iterdir()) == ["3"]  # nothing half-written
 
 
 @pytest.mark.parametrize(

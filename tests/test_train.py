@@ -66,6 +66,13 @@ def test_export_serves_token_ids(tiny_run, tokenizer):
     assert set(outputs["label"].numpy()) <= {b"negative", b"positive"}
 
 
+def test_more_export_branches_than_heads_fail_before_training(snippets_file, tmp_path):
+    cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", "export.branches=3", f"run_dir={tmp_path}")
+    with pytest.raises(ValueError, match="export branches must be an integer from 1 to the encoder's 2 attention heads.*got 3"):
+        run(cfg)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
+
+
 @pytest.mark.slow
 def test_default_minilm_trains_a_few_steps(vader_cache, tmp_path):
     cfg = compose_config(

@@ -29,12 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 from tfbert.checkpoints import best_checkpoint
 from tfbert.classifier import INPUT_NAMES, build_classifier, classifier_parts
 from tfbert.model_card import ModelCard
-from tfbert.packed import fused_query_key_value, packed_encoder_features
+from tfbert.packed import branch_weights, check_branches, packed_encoder_features
 from tfbert.preprocessing import TEXT_COLUMNS, InGraphTokenizer, load_tokenizer
 from tfbert.tasks import TaskData
 from tfbert.tasks.task_data import PROBLEM_TYPES
 
-EXPORT_KEYS = ("export_dir", "name", "version", "token_shards")
+EXPORT_KEYS = ("export_dir", "name", "version", "branches")
 
 
 class ServingModule(tf.Module):
@@ -43,9 +43,9 @@ class ServingModule(tf.Module):
     `serving_default`: string `text` (batch,) [and `text_pair` (batch,)], tokenized in the
         graph; the encoder runs on the real tokens only (tfbert.packed), so a request of
         mixed lengths costs no padding, its top layer on [CLS] alone for heads that
-        read only [CLS], and its per-token work as `token_shards` independent branches;
-        each layer's query, key and value kernels are held side by side too (a copy made
-        when the module is built: build it from the trained model), one matmul per run.
+        read only [CLS], and each layer as `branches` parallel branches (its attention
+        heads and feed-forward units cut into runs); the module holds each branch's columns
+        of the weights (a copy made when it is built: build it from the trained model).
     `serve_ids`: int32 `input_ids`, `attention_mask`, `token_type_ids` (batch, seq).
     Outputs, by problem type:
         single_label: `logits`, `probabilities` (softmax) float32 (batch, classes),
@@ -61,8 +61,8 @@ class ServingModule(tf.Module):
         text_columns: the string inputs of `serving_default`: ("text",) or ("text", "text_pair").
         problem_type: `single_label`, `multi_label` or `regression`.
         threshold: multi_label decision threshold on each class probability.
-        token_shards: independent branches of the served encoder's per-token work, one per
-            core of the serving machine when served with one thread per op (README: Serving).
+        branches: parallel branches of each served encoder layer, one per core of the
+            serving machine when served with one thread per op (README: Serving).
     """
 
     def __init__(
@@ -73,7 +73,7 @@ class ServingModule(tf.Module):
         text_columns=("text",),
         problem_type: str = "single_label",
         threshold: float = 0.5,
-        token_shards: int = 2,
+        branches: int = 2,
     ):
         super().__init__()
         if tuple(text_columns) not in (TEXT_COLUMNS[:1], TEXT_COLUMNS):
@@ -90,7 +90,8 @@ class ServingModule(tf.Module):
         # never uses (seconds more to write and to load). So only the functions hold the model.
         self.weights = list(model.weights)
         backbone, head = classifier_parts(model)
-        self.query_key_value = fused_query_key_value(backbone)
+        self.branches = [[{name: tf.Variable(tensor, trainable=False, name=name) for name, tensor in part.items()}
+                          for part in layer] for layer in branch_weights(backbone, branches)]
 
         def serve_text(*texts):
             input_ids, token_type_ids = tokenizer.rows(*texts)
@@ -100,8 +101,7 @@ class ServingModule(tf.Module):
                 token_type_ids,
                 hidden_states="hidden_states" in head.reads,
                 cls_only=head.reads_cls_only,
-                shards=token_shards,
-                query_key_value=self.query_key_value,
+                branches=self.branches,
             )
             return self._outputs(head(features, training=False))
 
@@ -144,23 +144,28 @@ class Exporter:
         name: the model name TF Serving serves it under; None: the task name.
         version: a positive integer; None: one above the highest version present
             (1 for the first export). An existing version is an error, never overwritten.
-        token_shards: the ServingModule's `token_shards`: independent branches of the
-            served encoder, best the serving machine's core count (README: Serving).
+        branches: the ServingModule's `branches`: parallel branches of each served encoder
+            layer, best the serving machine's core count, at most the encoder's attention
+            heads (README: Serving).
     """
 
     def __init__(
-        self, export_dir: str | None = None, name: str | None = None, version: int | None = None, token_shards: int = 2
+        self, export_dir: str | None = None, name: str | None = None, version: int | None = None, branches: int = 2
     ):
         if name is not None and (not name or "/" in name or name.startswith(".")):
             raise ValueError(f"export name must be a plain directory name, got {name!r}")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
             raise ValueError(f"export version must be a positive integer (TF Serving's layout), got {version!r}")
-        if isinstance(token_shards, bool) or not isinstance(token_shards, int) or token_shards < 1:
-            raise ValueError(f"export token_shards must be a positive integer (best: the serving machine's cores), got {token_shards!r}")
+        if isinstance(branches, bool) or not isinstance(branches, int) or branches < 1:
+            raise ValueError(f"export branches must be a positive integer (best: the serving machine's cores), got {branches!r}")
         self.export_dir = export_dir
         self.name = name
         self.version = version
-        self.token_shards = token_shards
+        self.branches = branches
+
+    def check(self, backbone: tf_keras.Model) -> None:
+        """Fail now if `backbone` cannot be served in `branches` branches (more than its attention heads)."""
+        check_branches(backbone, self.branches, "export branches")
 
     def version_dir(self, run_dir: Path, task_name: str) -> Path:
         """`<export_dir>/<name>/<version>`, which must not exist yet."""
@@ -207,9 +212,9 @@ def export_classifier(
     text_columns = TEXT_COLUMNS if task.has_pairs else TEXT_COLUMNS[:1]
     exporter = exporter or Exporter()
     module = ServingModule(
-        model, tokenizer, task.label_names, text_columns, task.problem_type, task.threshold, exporter.token_shards
+        model, tokenizer, task.label_names, text_columns, task.problem_type, task.threshold, exporter.branches
     )
-    card = ModelCard.describe(model, task, backbone_name, metrics, exporter.token_shards)
+    card = ModelCard.describe(model, task, backbone_name, metrics, exporter.branches)
     return exporter(module, card, run_dir)
 
 
@@ -239,6 +244,7 @@ def export_run(run_dir: str | Path, **export_args) -> Path:
     backbone = instantiate(cfg.model, random_init=True)
     model = build_classifier(backbone, instantiate(cfg.head)(num_outputs=task.num_outputs))
     model.load_weights(str(checkpoint)).assert_existing_objects_matched().expect_partial()
+    exporter.check(backbone)
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     return export_classifier(model, task, cfg.model.name_or_path, run_dir, exporter, metrics)

@@ -26,7 +26,7 @@ class ModelCard:
         head: the head's class and settings.
         max_length: longest token sequence; longer inputs are truncated.
         metrics: test-split metrics of the run, if known.
-        token_shards: independent branches of the served encoder (tfbert.packed).
+        branches: parallel branches of each served encoder layer (tfbert.packed).
     """
 
     task: str
@@ -36,11 +36,11 @@ class ModelCard:
     head: str
     max_length: int
     metrics: dict | None = None
-    token_shards: int = 2
+    branches: int = 2
 
     @classmethod
     def describe(
-        cls, model: tf_keras.Model, task: TaskData, backbone_name: str, metrics: dict | None = None, token_shards: int = 2
+        cls, model: tf_keras.Model, task: TaskData, backbone_name: str, metrics: dict | None = None, branches: int = 2
     ):
         """The card of `model`, a classifier built by tfbert.classifier.build_classifier."""
         (head,) = [layer for layer in model.layers if isinstance(layer, ClassificationHead)]
@@ -56,7 +56,7 @@ class ModelCard:
             head=f"{type(head).__name__} (dropout {head.dropout})",
             max_length=task.max_length,
             metrics=(metrics or {}).get("test"),
-            token_shards=token_shards,
+            branches=branches,
         )
 
     def render(self, saved_model, model_name: str) -> str:
@@ -77,9 +77,9 @@ class ModelCard:
             metrics += f" ({self.metrics['examples']} test examples)"
         labels = ", ".join(f"{index} = {name}" for index, name in enumerate(self.label_names))
         branches = (
-            f"The encoder runs as {self.token_shards} independent branches of the graph, which TensorFlow runs\n"
-            "side by side on its inter-op threads."
-            if self.token_shards > 1 else "The encoder runs as one chain of ops (exported with token_shards 1)."
+            f"Each encoder layer runs as {self.branches} parallel branches of the graph (its attention heads and\n"
+            "feed-forward units cut in runs), which TensorFlow runs side by side on its inter-op threads."
+            if self.branches > 1 else "The encoder runs as one chain of ops (exported with branches 1)."
         )
         signatures = "\n".join(
             f"- `{key}`: {_describe(function.structured_input_signature[1])} -> "

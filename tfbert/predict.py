@@ -48,7 +48,7 @@ def find_saved_model(path: Path) -> Path:
 def serve_with_one_thread_per_op() -> None:
     """TensorFlow's threading for tfbert exports: one thread per op, as many ops at once as cores.
 
-    An export's encoder runs as independent branches (`token_shards`, tfbert.packed), which
+    An export's encoder layers run as parallel branches (`branches`, tfbert.packed), which
     the inter-op threads run side by side; the intra-op default (every core on every op)
     costs more than it gains on the small matrices of a request. Only before TensorFlow's
     runtime starts: later, its settings stay.

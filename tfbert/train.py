@@ -74,6 +74,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
         backbone = instantiate(cfg.model)
         head = instantiate(cfg.head)(num_outputs=task.num_outputs)
         model = build_classifier(backbone, head)
+        exporter.check(backbone)  # export.branches against the encoder's heads, before training
         fit_model, fit_train, fit_validation = model, train_data, validation_data
         if not backbone.trainable_weights:  # a frozen encoder: encode once, train the head on its outputs
             fit_model, fit_train, fit_validation = feature_extraction(
