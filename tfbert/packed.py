@@ -8,8 +8,9 @@ packed end to end, (tokens, hidden); only attention, which mixes the tokens of o
 sentence, sees a padded (batch, heads, seq, seq) view. For a head that reads only
 [CLS] (`cls_only`), the top layer's attention output and feed-forward layers run for
 the [CLS] tokens alone: the other positions of the top layer feed nothing it reads.
-The layers and weights are the TFBertModel's own, called in inference mode, so the
-outputs equal the padded model's up to float rounding.
+The layers and weights are the TFBertModel's own (the branches' columns of them copied
+once), called in inference mode, so the outputs equal the padded model's up to float
+rounding.
 
 With `branches` > 1 each layer is cut into that many parallel branches: each takes a
 run of consecutive attention heads (its columns of the query, key and value projections,
@@ -90,7 +91,7 @@ def packed_encoder_features(
 
     layer_outputs = [tokens]
     for layer, parts in zip(layers, branches):
-        top_cls_only = cls_only and layer is layers[-1]  # queries, and so outputs, for each row's [CLS] only
+        top_cls_only = cls_only and layer is layers[-1]  # attention onward for each row's [CLS] only
         residual = tf.gather(tokens, input_ids.row_starts()) if top_cls_only else tokens
         output_dense = layer.attention.dense_output.dense
         widths = [part["query_key_value_kernel"].shape[-1] // 3 for part in parts]
