@@ -20,7 +20,7 @@ where their partial outputs add up before each layer norm. TensorFlow runs indep
 ops at once on its inter-op threads, so served with one thread per op (intra-op
 parallelism 1) each core takes a branch and reads only its share of the weights. For
 one short sentence that matters more than arithmetic: the encoder reads all its weights
-(42 MB a call for MiniLM, more than a CPU cache holds) to do little work with each.
+(42 MB a call for MiniLM; the benchmark machine's L3 cache holds 32 MB) to do little work with each.
 """
 
 import math
@@ -166,8 +166,8 @@ def branch_weights(backbone: tf_keras.Model, branches: int = 1) -> list[list[dic
             parts.append({
                 "query_key_value_kernel": tf.concat([dense.kernel[:, columns] for dense in projections], 1),
                 "query_key_value_bias": tf.concat([dense.bias[columns] for dense in projections], 0),
-                "intermediate_kernel": tf.identity(intermediate.kernel[:, start:end]),
-                "intermediate_bias": tf.identity(intermediate.bias[start:end]),
+                "intermediate_kernel": intermediate.kernel[:, start:end],
+                "intermediate_bias": intermediate.bias[start:end],
             })
         weights.append(parts)
     return weights
