@@ -13,6 +13,7 @@ from safetensors.numpy import load_file
 from transformers import BertConfig, TFBertModel
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
+from tfbert.gelu import use_float32_gelu
 from tfbert.model_dir import BackboneNotFound, resolve_model_dir
 
 FREEZE_CHOICES = ("none", "embeddings", "all")
@@ -26,6 +27,8 @@ def load_backbone(
     trainable_layers: int | None = None,
 ) -> TFBertModel:
     """A built TFBertModel with pretrained (or, with `random_init`, fresh) weights.
+
+    Its GELU is tfbert.gelu's: the same function, a cheaper gradient.
 
     Args:
         name_or_path: local directory, package name or hub id (see module doc).
@@ -52,6 +55,7 @@ def load_backbone(
             f"layers (or null for all), got {trainable_layers}"
         )
     model = _load_weights(name_or_path, model_dir, config, random_init)
+    use_float32_gelu(model)
     _freeze(model, freeze, trainable_layers)
     return model
 
