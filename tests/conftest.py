@@ -23,6 +23,16 @@ def compose_config(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
+@pytest.fixture(autouse=True)
+def float32_policy_after_each_test():
+    """A run with trainer.precision=auto (the default) leaves its mixed-precision policy
+    set; models built by the next test must not take it up."""
+    import tf_keras
+
+    yield
+    tf_keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone():
     from tfbert.backbone import load_backbone

@@ -66,6 +66,20 @@ def test_export_serves_token_ids(tiny_run, tokenizer):
     assert set(outputs["label"].numpy()) <= {b"negative", b"positive"}
 
 
+def test_the_precision_auto_chose_is_recorded_and_the_export_computes_in_float32(tiny_run, tokenizer):
+    from tfbert.precision import auto_precision, cpu_flags, gpu_compute_capabilities
+
+    run_dir, metrics = tiny_run
+    assert metrics["train_precision"] == auto_precision("default", gpu_compute_capabilities(), cpu_flags())[0]
+    (saved_model,) = run_dir.glob("export/**/saved_model.pb")
+    loaded = tf.saved_model.load(str(saved_model.parent))
+    serving_default = loaded.signatures["serving_default"]
+    assert {variable.dtype for variable in serving_default.variables} == {tf.float32}
+    graph = serving_default.graph.as_graph_def()
+    ops = [node for function in graph.library.function for node in function.node_def]
+    assert ops and not [node.name for node in ops if node.attr["T"].type == tf.bfloat16.as_datatype_enum]
+
+
 def test_more_export_branches_than_heads_fail_before_training(snippets_file, tmp_path):
     cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", "export.branches=3", f"run_dir={tmp_path}")
     with pytest.raises(ValueError, match="export branches must be an integer from 1 to the encoder's 2 attention heads.*got 3"):

@@ -218,6 +218,21 @@ def export_classifier(
     return exporter(module, card, run_dir)
 
 
+def float32_classifier(cfg: DictConfig, task: TaskData) -> tf_keras.Model:
+    """A run's classifier (its config's model and head) with float32 layers and random weights.
+
+    What an export serves whatever precision the run trained in: give it the trained
+    weights (set_weights or load_weights) and export it.
+    """
+    policy = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy("float32")
+    try:
+        backbone = instantiate(cfg.model, random_init=True)
+        return build_classifier(backbone, instantiate(cfg.head)(num_outputs=task.num_outputs))
+    finally:
+        tf_keras.mixed_precision.set_global_policy(policy)
+
+
 def load_run_config(run_dir: Path) -> DictConfig:
     """The composed config of a finished run: `config.yaml`, else Hydra's `.hydra/config.yaml`."""
     for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
@@ -241,10 +256,9 @@ def export_run(run_dir: str | Path, **export_args) -> Path:
     exporter = instantiate(export_cfg)
     exporter.version_dir(run_dir, task.name)  # a taken version fails now, not after loading the model
     # The architecture comes from the config; every weight comes from the checkpoint.
-    backbone = instantiate(cfg.model, random_init=True)
-    model = build_classifier(backbone, instantiate(cfg.head)(num_outputs=task.num_outputs))
+    model = float32_classifier(cfg, task)
     model.load_weights(str(checkpoint)).assert_existing_objects_matched().expect_partial()
-    exporter.check(backbone)
+    exporter.check(classifier_parts(model)[0])
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     return export_classifier(model, task, cfg.model.name_or_path, run_dir, exporter, metrics)

@@ -15,7 +15,7 @@ from tfbert.classifier import build_classifier
 from tfbert.distribute import build_strategy, check_global_batch, worker_dir
 from tfbert.evaluation import evaluate
 from tfbert.objectives import loss_and_metrics
-from tfbert.export import export_classifier
+from tfbert.export import export_classifier, float32_classifier
 from tfbert.features import feature_extraction
 from tfbert.pipeline import batch_stats
 from tfbert.preprocessing import Preprocessor, load_tokenizer
@@ -112,9 +112,13 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
         "test": evaluate(model, test_data, *label_info),
         "train_padding_efficiency": stats["padding_efficiency"],
         "train_seconds": round(train_seconds, 1),
+        "train_precision": trainer.precision,
     }
     write_json(run_dir / "metrics.json", metrics)
     log.info("test metrics: %s", {key: value for key, value in metrics["test"].items() if isinstance(value, float)})
+    if trainer.precision != "float32":  # the export computes in float32, whatever the run trained in
+        trained, model = model, float32_classifier(cfg, task)
+        model.set_weights(trained.get_weights())
     export = export_classifier(model, task, cfg.model.name_or_path, run_dir, exporter, metrics)
     log.info("%s", run_summary(metrics, run_dir, export))
     return metrics

@@ -11,10 +11,10 @@ import tf_keras
 from tfbert.checkpoints import Backup, BestCheckpoint, Preempted, backup_position, best_checkpoint
 from tfbert.objectives import checkpoint_monitor, lower_is_better
 from tfbert.pipeline import stream_epochs
+from tfbert.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 RESUME = ("auto", "never")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -58,8 +58,10 @@ class Trainer:
             built in its scope; `pipeline.batch_size` is then the global batch.
         tpu: for strategy `tpu`: None for a Cloud TPU VM's own TPU, else a TPU node's
             name or grpc://host:port address.
-        precision: `float32`, `mixed_float16` (GPUs; with dynamic loss scaling) or
-            `mixed_bfloat16` (TPUs, recent CPUs/GPUs). Logits and loss stay float32.
+        precision: `auto` (16-bit compute where the hardware has it natively: see
+            tfbert.precision), `float32`, `mixed_float16` (with dynamic loss scaling) or
+            `mixed_bfloat16`. Logits and loss stay float32. `self.precision` is the policy
+            chosen.
         grad_accum_steps: apply the mean gradient of this many batches at once (a
             larger effective batch without the memory; see tfbert.classifier.Classifier).
         profile_steps: `[first, last]` training steps to trace for TensorBoard's profiler.
@@ -77,7 +79,7 @@ class Trainer:
         deterministic: bool = False,
         strategy: str = "default",
         tpu: str | None = None,
-        precision: str = "float32",
+        precision: str = "auto",
         grad_accum_steps: int = 1,
         profile_steps: list[int] | None = None,
     ):
@@ -87,8 +89,7 @@ class Trainer:
             raise ValueError(f"monitor must name a validation metric such as val_accuracy, got {monitor!r}")
         if resume not in RESUME:
             raise ValueError(f"resume must be one of {list(RESUME)}, got {resume!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        policy, reason = resolve_precision(precision, strategy)
         if grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be positive, got {grad_accum_steps}")
         if profile_steps is not None and (len(profile_steps) != 2 or not 0 < profile_steps[0] <= profile_steps[1]):
@@ -105,13 +106,14 @@ class Trainer:
         self.deterministic = deterministic
         self.strategy = strategy
         self.tpu = tpu
-        self.precision = precision
+        self.precision = policy
         self.grad_accum_steps = grad_accum_steps
         self.profile_steps = profile_steps
         if deterministic:
             tf.config.experimental.enable_op_determinism()
         # Layers take the global policy when built, so it is set before any model exists.
-        tf_keras.mixed_precision.set_global_policy(precision)
+        tf_keras.mixed_precision.set_global_policy(policy)
+        log.info("precision %s (%s)", policy, reason)
 
     def optimizer_steps(self, steps_per_epoch: int) -> int:
         """Optimizer updates over the whole run (what the learning-rate schedule spans)."""
