@@ -13,6 +13,7 @@ from safetensors.numpy import load_file
 from transformers import BertConfig, TFBertModel
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
+from tfbert.dropout import use_fast_dropout
 from tfbert.gelu import use_float32_gelu
 from tfbert.model_dir import BackboneNotFound, resolve_model_dir
 
@@ -28,7 +29,8 @@ def load_backbone(
 ) -> TFBertModel:
     """A built TFBertModel with pretrained (or, with `random_init`, fresh) weights.
 
-    Its GELU is tfbert.gelu's: the same function, a cheaper gradient.
+    Its GELU is tfbert.gelu's (the same function, a cheaper gradient) and its dropout
+    tfbert.dropout's (the same rates to 1/65536, half the random bits).
 
     Args:
         name_or_path: local directory, package name or hub id (see module doc).
@@ -56,6 +58,7 @@ def load_backbone(
         )
     model = _load_weights(name_or_path, model_dir, config, random_init)
     use_float32_gelu(model)
+    use_fast_dropout(model)
     _freeze(model, freeze, trainable_layers)
     return model
 

@@ -1,0 +1,123 @@
+"""The encoder ops tfbert replaces, against the ones transformers uses, forward + backward.
+
+    gelu     tf.nn.gelu (exact; what TFBertIntermediate applies)  vs tfbert.gelu.gelu
+    dropout  tf_keras.layers.Dropout (training)                   vs tfbert.dropout.Dropout
+
+Each op runs on the shape it has in a MiniLM training step (batch 32, --length tokens:
+hidden 384 for dropout, intermediate 1536 for GELU), as one tf.function computing the
+output and the input's gradient. The two versions of an op run in alternating rounds
+(this machine's speed drifts by 20% within minutes); the result per op is the median
+over rounds of tfbert's time / the reference's time in the same round.
+
+    python bench/ops.py                        # bench/results/ops.{json,md}
+    python bench/ops.py --dtype bfloat16 --rounds 30
+"""
+
+import argparse
+import statistics
+import sys
+import time
+
+from common import load_average_at_end, load_tensorflow, machine_info, machine_line, write_results
+
+CALLS_PER_ROUND = 20
+
+
+def op_pairs(tf, args) -> dict:
+    """{op: (reference, tfbert's, input shape)}: functions of one input tensor."""
+    import tf_keras
+
+    from tfbert.dropout import Dropout
+    from tfbert.gelu import gelu
+
+    keras_dropout, tfbert_dropout = tf_keras.layers.Dropout(0.1), Dropout(0.1)
+    return {
+        "gelu": (lambda x: tf.nn.gelu(x, approximate=False), gelu, (args.batch_size, args.length, 1536)),
+        "dropout": (lambda x: keras_dropout(x, training=True), lambda x: tfbert_dropout(x, training=True),
+                    (args.batch_size, args.length, 384)),
+    }
+
+
+def forward_backward(tf, function, shape, dtype):
+    """A tf.function running `function` and its gradient on fixed random inputs; returns a scalar."""
+    x = tf.Variable(tf.cast(tf.random.stateless_normal(shape, seed=[1, 2]), dtype))
+    upstream = tf.cast(tf.random.stateless_normal(shape, seed=[3, 4]), dtype)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            y = function(x.read_value())
+        gradient = tape.gradient(y, x, output_gradients=upstream)
+        return tf.cast(tf.reshape(y, [-1])[0] + tf.reshape(gradient, [-1])[0], tf.float32)
+
+    return step
+
+
+def seconds_per_call(step) -> float:
+    started = time.perf_counter()
+    for _ in range(CALLS_PER_ROUND):
+        result = step()
+    float(result)  # waits for the last call
+    return (time.perf_counter() - started) / CALLS_PER_ROUND
+
+
+def measure(tf, args) -> dict:
+    dtype = getattr(tf, args.dtype)
+    results = {}
+    for op, (reference, replacement, shape) in op_pairs(tf, args).items():
+        steps = {"reference": forward_backward(tf, reference, shape, dtype),
+                 "tfbert": forward_backward(tf, replacement, shape, dtype)}
+        for step in steps.values():
+            step()  # trace
+        times = {name: [] for name in steps}
+        for round_ in range(args.rounds):
+            for name in (steps if round_ % 2 == 0 else reversed(list(steps))):
+                times[name].append(seconds_per_call(steps[name]))
+        results[op] = {
+            "shape": list(shape),
+            "reference_ms": 1e3 * statistics.median(times["reference"]),
+            "tfbert_ms": 1e3 * statistics.median(times["tfbert"]),
+            "ratio": statistics.median(t / r for t, r in zip(times["tfbert"], times["reference"])),
+        }
+        print(op, results[op], flush=True)
+    return results
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"Encoder ops, forward + backward, {report['dtype']}, {report['threads']} threads, median of "
+        f"{report['rounds']} alternating rounds of {CALLS_PER_ROUND} calls.",
+        "",
+        "| op | shape | transformers' (ms) | tfbert's (ms) | tfbert / transformers (paired median) |",
+        "|---|---|---|---|---|",
+    ]
+    for op, row in report["ops"].items():
+        lines.append(f"| {op} | {tuple(row['shape'])} | {row['reference_ms']:.2f} | {row['tfbert_ms']:.2f} | "
+                     f"{row['ratio']:.2f}x |")
+    return "\n".join(lines + ["", machine_line(report["machine"]), "", f"Command: `{report['command']}`", ""])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--length", type=int, default=31, help="padded tokens per sentence (default 31: a median batch)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    for name in ("length", "batch_size", "rounds", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    info = machine_info()
+    import tfbert  # noqa: F401  (oneDNN kernels on, as in a tfbert run, before TensorFlow loads)
+
+    tf = load_tensorflow(args.threads)
+    report = {"command": "python bench/ops.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "dtype": args.dtype, "threads": args.threads, "rounds": args.rounds,
+              "ops": measure(tf, args)}
+    report["machine"] = load_average_at_end(info)
+    write_results("ops", report, markdown(report))
+
+
+if __name__ == "__main__":
+    main()
