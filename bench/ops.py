@@ -1,6 +1,6 @@
 """The encoder ops tfbert replaces, against the ones transformers uses, forward + backward.
 
-    gelu     tf.nn.gelu (exact; what TFBertIntermediate applies)  vs tfbert.gelu.gelu
+    gelu     transformers' "gelu" (exact, erf; TFBertIntermediate's)  vs tfbert.gelu.gelu
     dropout  tf_keras.layers.Dropout (training)                   vs tfbert.dropout.Dropout
 
 Each op runs on the shape it has in a MiniLM training step (batch 32, --length tokens:
@@ -24,17 +24,24 @@ CALLS_PER_ROUND = 20
 
 
 def op_pairs(tf, args) -> dict:
-    """{op: (reference, tfbert's, input shape)}: functions of one input tensor."""
+    """{op: (transformers' function, tfbert's, input shape)}: functions of one input tensor."""
     import tf_keras
+    from transformers.activations_tf import get_tf_activation
 
     from tfbert.dropout import Dropout
     from tfbert.gelu import gelu
 
     keras_dropout, tfbert_dropout = tf_keras.layers.Dropout(0.1), Dropout(0.1)
+
+    def transformers_dropout(x):
+        return keras_dropout(x, training=True)
+
+    def tfbert_dropout_training(x):
+        return tfbert_dropout(x, training=True)
+
     return {
-        "gelu": (lambda x: tf.nn.gelu(x, approximate=False), gelu, (args.batch_size, args.length, 1536)),
-        "dropout": (lambda x: keras_dropout(x, training=True), lambda x: tfbert_dropout(x, training=True),
-                    (args.batch_size, args.length, 384)),
+        "gelu": (get_tf_activation("gelu"), gelu, (args.batch_size, args.length, 1536)),
+        "dropout": (transformers_dropout, tfbert_dropout_training, (args.batch_size, args.length, 384)),
     }
 
 
@@ -112,7 +119,7 @@ def main(argv=None):
     import tfbert  # noqa: F401  (oneDNN kernels on, as in a tfbert run, before TensorFlow loads)
 
     tf = load_tensorflow(args.threads)
-    report = {"command": "python bench/ops.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    report = {"command": " ".join(["python bench/ops.py", *(sys.argv[1:] if argv is None else argv)]),
               "dtype": args.dtype, "threads": args.threads, "rounds": args.rounds,
               "ops": measure(tf, args)}
     report["machine"] = load_average_at_end(info)
