@@ -14,6 +14,7 @@ over rounds of tfbert's time / the reference's time in the same round.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -110,7 +111,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="TensorFlow threads (default: all cores)")
     args = parser.parse_args(argv)
     for name in ("length", "batch_size", "rounds", "threads"):
         if getattr(args, name) < 1:
