@@ -124,3 +124,56 @@ def test_finding_a_model_loads_no_tensorflow():
     code = "import sys; from tfbert.model_dir import resolve_model_dir; resolve_model_dir(sys.argv[1]); " \
            "sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code, MINILM], timeout=120).returncode == 0
+
+
+def tiny_batch(tokenizer):
+    return dict(tokenizer(["a short one", "a somewhat longer sentence than that", "mid length here"],
+                          padding=True, return_tensors="tf"))
+
+
+def test_cls_only_gives_the_full_models_cls_outputs(tokenizer):
+    backbone = load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG)
+    tokens = tiny_batch(tokenizer)
+    full = backbone(**tokens)
+    cls = backbone(**tokens, cls_only=True)
+    assert cls.last_hidden_state.shape == (3, 1, TINY_CONFIG["hidden_size"])
+    np.testing.assert_allclose(cls.last_hidden_state.numpy(), full.last_hidden_state[:, :1].numpy(), atol=1e-5)
+    np.testing.assert_allclose(cls.pooler_output.numpy(), full.pooler_output.numpy(), atol=1e-5)
+
+
+def test_cls_only_gives_the_full_models_gradients(tokenizer):
+    backbone = load_backbone(
+        MINILM, random_init=True,
+        config_overrides={**TINY_CONFIG, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    )
+    tokens = tiny_batch(tokenizer)
+
+    def gradients(**options):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(backbone(**tokens, training=True, **options).pooler_output ** 2)
+        return tape.gradient(loss, backbone.trainable_variables)
+
+    full, cls = gradients(), gradients(cls_only=True)
+    assert len(full) == len(cls) == len(backbone.trainable_variables)
+    for variable, expected, got in zip(backbone.trainable_variables, full, cls):
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(got).numpy(), tf.convert_to_tensor(expected).numpy(), atol=1e-5, err_msg=variable.name
+        )
+
+
+def test_cls_only_refuses_outputs_it_cannot_give(tiny_backbone, tokenizer):
+    with pytest.raises(ValueError, match=r"cls_only .* \['output_hidden_states'\]"):
+        tiny_backbone(**tiny_batch(tokenizer), cls_only=True, output_hidden_states=True)
+
+
+def test_cls_only_under_mixed_bfloat16(tokenizer):
+    import tf_keras
+
+    tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")  # reset by conftest
+    backbone = load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG)
+    tokens = tiny_batch(tokenizer)
+    full, cls = backbone(**tokens), backbone(**tokens, cls_only=True)
+    assert cls.pooler_output.dtype == tf.bfloat16
+    np.testing.assert_allclose(
+        tf.cast(cls.pooler_output, tf.float32).numpy(), tf.cast(full.pooler_output, tf.float32).numpy(), atol=0.05
+    )

@@ -8,17 +8,22 @@ from tfbert.heads import ClassificationHead
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def encoder_features(backbone: tf_keras.Model, tokens: dict, hidden_states: bool = False) -> dict:
+def encoder_features(backbone: tf_keras.Model, tokens: dict, hidden_states: bool = False, cls_only: bool = False) -> dict:
     """The encoder outputs a head reads, for int32 (batch, seq) `tokens` (see tfbert.heads).
 
     `hidden_states` asks the encoder for every layer's output too, stacked to
     (batch, layers + 1, seq, hidden); heads that do not read them do not pay for them.
+    `cls_only` (a tfbert.backbone.BertBackbone, for heads whose `reads_cls_only`): the top
+    layer runs for [CLS] alone, so last_hidden_state and attention_mask hold position 0 only.
     """
-    encoded = backbone(**tokens, output_hidden_states=hidden_states)
+    if cls_only:
+        encoded = backbone(**tokens, cls_only=True)
+    else:
+        encoded = backbone(**tokens, output_hidden_states=hidden_states)
     features = {
-        "last_hidden_state": encoded.last_hidden_state,  # (batch, seq, hidden)
+        "last_hidden_state": encoded.last_hidden_state,  # (batch, seq, hidden); (batch, 1, hidden) with cls_only
         "pooler_output": encoded.pooler_output,  # (batch, hidden)
-        "attention_mask": tokens["attention_mask"],  # (batch, seq)
+        "attention_mask": tokens["attention_mask"][:, :1] if cls_only else tokens["attention_mask"],  # (batch, seq)
     }
     if hidden_states:
         # layers + 1 tensors of (batch, seq, hidden): the embeddings, then each layer.
@@ -91,6 +96,9 @@ def build_classifier(backbone: tf_keras.Model, head: ClassificationHead) -> tf_k
     }
     # A head that never reads pooler_output would leave the pooler without gradients.
     backbone.bert.pooler.trainable = "pooler_output" in head.reads
-    features = encoder_features(backbone, inputs, hidden_states="hidden_states" in head.reads)
+    hidden_states = "hidden_states" in head.reads
+    # A head that reads [CLS] only trains and predicts without the top layer's other positions.
+    cls_only = head.reads_cls_only and not hidden_states
+    features = encoder_features(backbone, inputs, hidden_states=hidden_states, cls_only=cls_only)
     logits = head(features)
     return Classifier(inputs, logits, name=f"bert_{head.name}")
