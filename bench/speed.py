@@ -36,7 +36,11 @@ FLOPs of one training step (forward + backward = 3 x forward), summed over its s
 
 N is the parameter count of the encoder layers (the embedding lookup, pooler and
 classifier are left out: together under 0.2% of the work); the second term is attention
-(QK^T and attention x V, 4 * length^2 * hidden per layer forward). "MFU" counts the FLOPs
+(QK^T and attention x V, 4 * length^2 * hidden per layer forward). tfbert's default head
+reads [CLS] only, so tfbert runs the top layer's query, attention output and feed-forward
+layers for [CLS] alone (tfbert.backbone.BertBackbone): its count takes the top layer's
+parameters other than the key and value projections once per sequence instead of once
+per token, and the top layer's attention with one query. "MFU" counts the FLOPs
 the model actually performs: every padded position (tokens = batch x padded length,
 length = padded length). "useful MFU" counts real tokens only (tokens and length of each
 sentence without padding). Both are divided by the measured matmul peak.
@@ -85,13 +89,30 @@ def encoder_params(config) -> int:
 
 
 class TokenCounter:
-    """Examples, real/padded tokens and training FLOPs of the timed batches of one run."""
+    """Examples, real/padded tokens and training FLOPs of the timed batches of one run.
 
-    def __init__(self, config):
+    `cls_only`: the top layer runs all but its key and value projections for [CLS] alone.
+    """
+
+    def __init__(self, config, cls_only: bool = False):
         self.params = encoder_params(config)
-        self.attention = 12 * config.num_hidden_layers * config.hidden_size
+        layer_params = self.params // config.num_hidden_layers
+        hidden, layers = config.hidden_size, config.num_hidden_layers
+        # Parameters used once per sequence rather than per token; attention layers with every query.
+        self.cls_params = layer_params - 2 * (hidden * hidden + hidden) if cls_only else 0
+        self.full_attention_layers = layers - 1 if cls_only else layers
+        self.hidden = hidden
+        self.cls_only = cls_only
         self.examples = self.real_tokens = self.padded_tokens = 0
         self.performed_flops = self.useful_flops = 0
+
+    def flops(self, sequences: int, tokens: int, squared_lengths: int) -> int:
+        """Training FLOPs (3 x forward) of `sequences` with `tokens` in all and sum of squared lengths."""
+        dense = 6 * ((self.params - self.cls_params) * tokens + self.cls_params * sequences)
+        attention = 12 * self.hidden * self.full_attention_layers * squared_lengths
+        if self.cls_only:  # the top layer's one query per sequence
+            attention += 12 * self.hidden * tokens
+        return dense + attention
 
     def add(self, mask) -> None:
         """One batch, from its (batch, padded length) numpy attention mask."""
@@ -100,8 +121,8 @@ class TokenCounter:
         self.examples += batch
         self.real_tokens += int(lengths.sum())
         self.padded_tokens += batch * padded
-        self.performed_flops += 6 * self.params * batch * padded + self.attention * batch * padded**2
-        self.useful_flops += 6 * self.params * int(lengths.sum()) + self.attention * int((lengths**2).sum())
+        self.performed_flops += self.flops(batch, batch * padded, batch * padded**2)
+        self.useful_flops += self.flops(batch, int(lengths.sum()), int((lengths**2).sum()))
 
     def result(self, seconds: float, steps: int) -> dict:
         return {
@@ -113,6 +134,7 @@ class TokenCounter:
             "performed_flops": self.performed_flops,
             "useful_flops": self.useful_flops,
             "encoder_params": self.params,
+            "cls_only_top_layer": self.cls_only,
             "peak_rss_mb": peak_rss_mb(),
         }
 
@@ -174,7 +196,7 @@ def run_tfbert(args) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from tfbert.classifier import build_classifier
+    from tfbert.classifier import build_classifier, runs_cls_only
     from tfbert.objectives import loss_and_metrics
     from tfbert.pipeline import stream_epochs
     from tfbert.preprocessing import Preprocessor, load_tokenizer
@@ -191,7 +213,8 @@ def run_tfbert(args) -> dict:
     data = stream_epochs(instantiate(cfg.pipeline)(train, training=True), epochs=total).take(total).cache()
 
     backbone = instantiate(cfg.model)
-    model = build_classifier(backbone, instantiate(cfg.head)(num_outputs=task.num_outputs))
+    head = instantiate(cfg.head)(num_outputs=task.num_outputs)
+    model = build_classifier(backbone, head)
     optimizer = instantiate(cfg.optimizer)(num_train_steps=total, num_layers=backbone.config.num_hidden_layers)
     loss, metrics = loss_and_metrics(task.problem_type, task.threshold)
     model.compile(
@@ -199,7 +222,7 @@ def run_tfbert(args) -> dict:
         jit_compile=trainer.jit_compile, steps_per_execution=trainer.steps_per_execution,
     )
     result = fit_timed(
-        model, data, args.steps, args.warmup, TokenCounter(backbone.config), class_weight=task.class_weights()
+        model, data, args.steps, args.warmup, TokenCounter(backbone.config, cls_only=runs_cls_only(head)), class_weight=task.class_weights()
     )
     if args.profile_steps:
         result["profile"] = profile_training(model, data.take(args.profile_steps), class_weight=task.class_weights())
@@ -475,7 +498,10 @@ def markdown(report: dict) -> str:
         "",
         "MFU = FLOPs performed per second (padded positions included) / matmul peak; useful MFU counts "
         "real tokens only. FLOPs per sequence = 6 * N * tokens + 12 * layers * hidden * length^2, "
-        f"N = {report['encoder_params']:,} encoder-layer parameters. Matmul GFLOP/s by size, before and "
+        f"N = {report['encoder_params']:,} encoder-layer parameters"
+        + ("; tfbert's head reads [CLS] only, so it runs its top layer for [CLS] alone (keys and values for "
+           "every token) and is counted so" if report["runs"]["tfbert"].get("cls_only_top_layer") else "")
+        + ". Matmul GFLOP/s by size, before and "
         "after the training runs: " + "; ".join(
             f"{'oneDNN' if run['onednn'] else 'default'} kernels "
             + ", ".join(f"{size}: {rate:.1f}" for size, rate in run["gflops_by_size"].items())
