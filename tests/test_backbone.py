@@ -164,6 +164,10 @@ def test_cls_only_gives_the_full_models_gradients(tokenizer):
 def test_cls_only_refuses_outputs_it_cannot_give(tiny_backbone, tokenizer):
     with pytest.raises(ValueError, match=r"cls_only .* \['output_hidden_states'\]"):
         tiny_backbone(**tiny_batch(tokenizer), cls_only=True, output_hidden_states=True)
+    # Without cls_only every TFBertModel argument still means what it did, positions included.
+    tokens = tiny_batch(tokenizer)
+    positional = tiny_backbone(tokens["input_ids"], tokens["attention_mask"], tokens["token_type_ids"], None, output_hidden_states=True)
+    assert len(positional.hidden_states) == TINY_CONFIG["num_hidden_layers"] + 1
 
 
 def test_cls_only_under_mixed_bfloat16(tokenizer):

@@ -36,15 +36,15 @@ class BertBackbone(TFBertModel):
     with last_hidden_state (batch, 1, hidden). Without it, the call is TFBertModel's.
     """
 
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, cls_only=False, training=False, **kwargs):
+    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, *args, cls_only=False, training=False, **kwargs):
         if not cls_only:
-            return super().call(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                training=training, **kwargs,
+            return super().call(input_ids, attention_mask, token_type_ids, *args, training=training, **kwargs)
+        asked = sorted(name for name, value in kwargs.items() if value is not None and value is not False)
+        if args or asked:
+            raise ValueError(
+                "cls_only takes input_ids, attention_mask and token_type_ids and computes the top "
+                f"layer for [CLS] alone; it cannot also take or give {asked or 'more positional arguments'}"
             )
-        asked = sorted(name for name, value in kwargs.items() if value)
-        if asked:
-            raise ValueError(f"cls_only computes the top layer for [CLS] alone; it cannot also give {asked}")
         bert = self.bert
         hidden = bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, training=training)  # (batch, seq, hidden)
         if attention_mask is None:
