@@ -196,7 +196,7 @@ def run_tfbert(args) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from tfbert.classifier import build_classifier, runs_cls_only
+    from tfbert.classifier import build_classifier
     from tfbert.objectives import loss_and_metrics
     from tfbert.pipeline import stream_epochs
     from tfbert.preprocessing import Preprocessor, load_tokenizer
@@ -222,7 +222,7 @@ def run_tfbert(args) -> dict:
         jit_compile=trainer.jit_compile, steps_per_execution=trainer.steps_per_execution,
     )
     result = fit_timed(
-        model, data, args.steps, args.warmup, TokenCounter(backbone.config, cls_only=runs_cls_only(head)), class_weight=task.class_weights()
+        model, data, args.steps, args.warmup, TokenCounter(backbone.config, cls_only=head.reads_cls_only), class_weight=task.class_weights()
     )
     if args.profile_steps:
         result["profile"] = profile_training(model, data.take(args.profile_steps), class_weight=task.class_weights())

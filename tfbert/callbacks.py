@@ -23,7 +23,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 from transformers import PreTrainedTokenizerBase
 
-from tfbert.classifier import INPUT_NAMES, encoder_features, runs_cls_only
+from tfbert.classifier import INPUT_NAMES, encoder_features
 from tfbert.figures import attention_figure, confusion_matrix_figure, png_bytes
 from tfbert.heads import ClassificationHead
 from tfbert.objectives import checkpoint_monitor, lower_is_better
@@ -213,7 +213,7 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         self.batch_size = batch_size
         self.encode = tf.function(
             lambda tokens: encoder_features(
-                backbone, tokens, hidden_states="hidden_states" in head.reads, cls_only=runs_cls_only(head)
+                backbone, tokens, hidden_states="hidden_states" in head.reads, cls_only=head.reads_cls_only
             ),
             reduce_retracing=True,
         )

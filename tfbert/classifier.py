@@ -89,12 +89,6 @@ def classifier_parts(model: tf_keras.Model) -> tuple[tf_keras.Model, Classificat
     return backbone[0], head[0]
 
 
-def runs_cls_only(head: ClassificationHead) -> bool:
-    """Whether a classifier of `head` runs the top encoder layer for [CLS] alone: the head
-    reads nothing else, so it trains and predicts without the top layer's other positions."""
-    return head.reads_cls_only and "hidden_states" not in head.reads
-
-
 def build_classifier(backbone: tf_keras.Model, head: ClassificationHead) -> tf_keras.Model:
     """A functional model: dict of int32 (batch, seq) token tensors -> (batch, classes) logits."""
     inputs = {
@@ -102,8 +96,9 @@ def build_classifier(backbone: tf_keras.Model, head: ClassificationHead) -> tf_k
     }
     # A head that never reads pooler_output would leave the pooler without gradients.
     backbone.bert.pooler.trainable = "pooler_output" in head.reads
+    # A head that reads [CLS] only trains and predicts without the top layer's other positions.
     features = encoder_features(
-        backbone, inputs, hidden_states="hidden_states" in head.reads, cls_only=runs_cls_only(head)
+        backbone, inputs, hidden_states="hidden_states" in head.reads, cls_only=head.reads_cls_only
     )
     logits = head(features)
     return Classifier(inputs, logits, name=f"bert_{head.name}")
