@@ -2,6 +2,7 @@
 
 import logging
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -118,9 +119,28 @@ def test_validation_logs_equal_keras_evaluate(tiny_backbone, tokenizer, task, tm
     assert logs == pytest.approx({"val_loss": expected["loss"], "val_accuracy": expected["accuracy"]}, abs=1e-5)
 
 
+def test_attention_maps_of_a_batch_equal_each_example_alone(tiny_backbone, tokenizer, task, tmp_path):
+    """The attention maps come from one padded call; each equals a call on its example alone."""
+    from tfbert.heads import ClsHead
+    from tfbert.preprocessing import Preprocessor
+
+    validation = Preprocessor(tokenizer, task.max_length)(task.splits)["validation"]
+    insights = ValidationInsights(
+        tiny_backbone, ClsHead(num_outputs=2), tokenizer, validation, task.label_names,
+        log_dir=tmp_path / "insights", projector_dir=tmp_path / "projector", monitor=None,
+    )
+    indices = [0, 1, 2, 3]
+    lengths = [len(validation[index]["input_ids"]) for index in indices]
+    assert len(set(lengths)) > 1  # the batch pads some of them
+    for index, weights in zip(indices, insights.cls_attention(indices)):
+        alone = tiny_backbone(**insights._padded([index]), output_attentions=True, training=False)
+        expected = alone.attentions[-1][0, :, 0, :].numpy()
+        assert weights.shape == expected.shape == (tiny_backbone.config.num_attention_heads, lengths[index])
+        np.testing.assert_allclose(weights, expected, atol=1e-6)
+
+
 def test_a_validating_callback_replaces_keras_validation(tmp_path):
     """Keras does not evaluate validation_data (here: batches it could not run) when a callback validates."""
-    import numpy as np
     import tf_keras
 
     from tests.conftest import MINILM, TINY_CONFIG

@@ -324,14 +324,24 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         return header + "| text | true | predicted | probability |\n|---|---|---|---|\n" + "\n".join(rows)
 
     def _attention_figures(self) -> list:
+        indices = range(min(self.attention_maps, len(self.token_ids)))
         figures = []
-        for index in range(min(self.attention_maps, len(self.token_ids))):
-            features = self._padded([index])
-            encoded = self.backbone(**features, output_attentions=True, training=False)
-            weights = encoded.attentions[-1][0, :, 0, :].numpy()  # [CLS] row: (heads, seq)
+        for index, weights in zip(indices, self.cls_attention(indices)):
             tokens = self.tokenizer.convert_ids_to_tokens(self.token_ids[index])
-            figures.append(attention_figure(tokens, weights, f"[CLS] attention, last layer: {self.texts[index][:100]}"))
+            title = f"[CLS] attention, last layer: {self.texts[index][:100]}"
+            figures.append(attention_figure(tokens, weights, title))
         return figures
+
+    def cls_attention(self, indices) -> list[np.ndarray]:
+        """What [CLS] attends to in the last layer, (heads, length) per example at `indices`.
+
+        One call over the examples padded together: padding gets no attention, so each
+        example's row over its own tokens is what a call on it alone gives.
+        """
+        indices = list(indices)
+        encoded = self.backbone(**self._padded(indices), output_attentions=True, training=False)
+        rows = encoded.attentions[-1][:, :, 0, :].numpy()  # (examples, heads, longest)
+        return [rows[row, :, : len(self.token_ids[index])] for row, index in enumerate(indices)]
 
     def _write_projector(self, pooled: np.ndarray, predicted: np.ndarray) -> None:
         self.projector_dir.mkdir(parents=True, exist_ok=True)
