@@ -44,7 +44,8 @@ def run_worker(script: Path, name: str, framework: str, threads: int, arguments:
         output = Path(scratch) / "result.json"
         command = [sys.executable, str(script), "--worker", name, "--output", str(output), "--threads", str(threads),
                    *arguments]
-        only = {"USE_TF": "0"} if framework == "pytorch" else {"USE_TORCH": "0"}
+        # Both set: the parent may have imported tfbert, which sets USE_TORCH=0 for itself.
+        only = {"USE_TF": "0", "USE_TORCH": "1"} if framework == "pytorch" else {"USE_TF": "1", "USE_TORCH": "0"}
         env = {**os.environ, **only, "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
         print(f"--- {name}", flush=True)
         started = time.perf_counter()

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from tfbert.env import IncompatibleEnvironment, check_environment, installed_versions
@@ -37,3 +40,11 @@ def test_bad_stack_is_one_clear_sentence(changes, expected):
     message = str(error.value)
     assert expected in message
     assert message.count("\n") == 0 and message.endswith(".")
+
+
+def test_a_run_does_not_import_torch():
+    """transformers would import an installed torch; a tfbert run never needs it."""
+    code = "import sys, tfbert.train; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"
