@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 # before tensorflow, or set it in the environment.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # tfbert never runs PyTorch (backbone weights load without it), but transformers imports
-# torch whenever it is installed: 7 s of startup and 250 MB of RSS measured on the 2-core
+# torch whenever it is installed: 2-7 s of startup and 250 MB of RSS measured on the 2-core
 # machine. USE_TORCH=0 keeps it out.
 os.environ.setdefault("USE_TORCH", "0")
 # transformers 4.57 warns on every TF class that TF support ends in v5; tfbert pins <5.
