@@ -221,9 +221,8 @@ def run_tfbert(args) -> dict:
         optimizer=optimizer, loss=loss, metrics=metrics,
         jit_compile=trainer.jit_compile, steps_per_execution=trainer.steps_per_execution,
     )
-    result = fit_timed(
-        model, data, args.steps, args.warmup, TokenCounter(backbone.config, cls_only=head.reads_cls_only), class_weight=task.class_weights()
-    )
+    counter = TokenCounter(backbone.config, cls_only=head.reads_cls_only)
+    result = fit_timed(model, data, args.steps, args.warmup, counter, class_weight=task.class_weights())
     if args.profile_steps:
         result["profile"] = profile_training(model, data.take(args.profile_steps), class_weight=task.class_weights())
     result["settings"] = {"overrides": list(args.overrides), "precision": trainer.precision, "jit_compile": trainer.jit_compile,

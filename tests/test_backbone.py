@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tests.conftest import MINILM, TINY_CONFIG
 from tfbert.backbone import load_backbone
+from tfbert.classifier import encoder_features
 from tfbert.model_dir import BackboneNotFound, resolve_model_dir
 
 
@@ -164,6 +165,8 @@ def test_cls_only_gives_the_full_models_gradients(tokenizer):
 def test_cls_only_refuses_outputs_it_cannot_give(tiny_backbone, tokenizer):
     with pytest.raises(ValueError, match=r"cls_only .* \['output_hidden_states'\]"):
         tiny_backbone(**tiny_batch(tokenizer), cls_only=True, output_hidden_states=True)
+    with pytest.raises(ValueError, match=r"cls_only .* \['output_hidden_states'\]"):  # not a silent drop
+        encoder_features(tiny_backbone, tiny_batch(tokenizer), hidden_states=True, cls_only=True)
     # Without cls_only every TFBertModel argument still means what it did, positions included.
     tokens = tiny_batch(tokenizer)
     positional = tiny_backbone(tokens["input_ids"], tokens["attention_mask"], tokens["token_type_ids"], None, output_hidden_states=True)

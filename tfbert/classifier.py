@@ -16,10 +16,9 @@ def encoder_features(backbone: tf_keras.Model, tokens: dict, hidden_states: bool
     `cls_only` (a tfbert.backbone.BertBackbone, for heads whose `reads_cls_only`): the top
     layer runs for [CLS] alone, so last_hidden_state and attention_mask hold position 0 only.
     """
-    if cls_only:
-        encoded = backbone(**tokens, cls_only=True)
-    else:
-        encoded = backbone(**tokens, output_hidden_states=hidden_states)
+    # A BertBackbone refuses cls_only with hidden_states: it has no top layer for every position.
+    options = {"cls_only": True} if cls_only else {}
+    encoded = backbone(**tokens, output_hidden_states=hidden_states, **options)
     features = {
         "last_hidden_state": encoded.last_hidden_state,  # (batch, seq, hidden); (batch, 1, hidden) with cls_only
         "pooler_output": encoded.pooler_output,  # (batch, hidden)
