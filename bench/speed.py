@@ -57,6 +57,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import (
@@ -187,11 +188,27 @@ def fit_timed(model, data, steps: int, warmup: int, counter: TokenCounter, **fit
     return counter.result(timer.end - timer.start, len(masks) - timer.first_timed)
 
 
-def run_tfbert(args) -> dict:
-    """tfbert's default run (conf/, plus the given overrides), trained with model.fit."""
-    import tfbert  # noqa: F401  (tfbert's environment, oneDNN kernels on, before TensorFlow loads)
+@dataclass
+class TfbertTraining:
+    """A tfbert training run ready to time: the compiled model, its cached batches, the rest."""
 
-    load_tensorflow(args.threads)
+    model: object
+    data: object  # the first batches of the training stream, cached: each pass yields the same
+    backbone_config: object
+    cls_only: bool  # the head reads [CLS] only (TokenCounter's cls_only)
+    fit_args: dict
+    trainer: object
+
+    def counter(self) -> "TokenCounter":
+        return TokenCounter(self.backbone_config, cls_only=self.cls_only)
+
+
+def tfbert_training(overrides: list[str], batches: int) -> TfbertTraining:
+    """tfbert's run as conf/ composes it with `overrides` (as train.py would), on the first
+    `batches` batches of its training stream: built from its own pieces, compiled by its Trainer.
+
+    TensorFlow must be loaded already (load_tensorflow), with tfbert imported first.
+    """
     import tf_keras
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -202,31 +219,37 @@ def run_tfbert(args) -> dict:
     from tfbert.preprocessing import Preprocessor, load_tokenizer
 
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"pipeline.batch_size={args.batch_size}", *args.overrides])
+        cfg = compose("config", overrides=overrides)
     tf_keras.utils.set_random_seed(cfg.seed)
-    trainer = instantiate(cfg.trainer)
+    trainer = instantiate(cfg.trainer)  # sets the precision policy before the model is built
     task = instantiate(cfg.task)
     preprocessor = Preprocessor(load_tokenizer(cfg.model.name_or_path), task.max_length)
     train = preprocessor(task.splits)["train"]
-    total = args.warmup + args.steps
-    # At least one batch per epoch, so `total` epochs give `total` batches.
-    data = stream_epochs(instantiate(cfg.pipeline)(train, training=True), epochs=total).take(total).cache()
+    # At least one batch per epoch, so `batches` epochs give `batches` batches.
+    data = stream_epochs(instantiate(cfg.pipeline)(train, training=True), epochs=batches).take(batches).cache()
 
     backbone = instantiate(cfg.model)
     head = instantiate(cfg.head)(num_outputs=task.num_outputs)
     model = build_classifier(backbone, head)
-    optimizer = instantiate(cfg.optimizer)(num_train_steps=total, num_layers=backbone.config.num_hidden_layers)
-    loss, metrics = loss_and_metrics(task.problem_type, task.threshold)
-    model.compile(
-        optimizer=optimizer, loss=loss, metrics=metrics,
-        jit_compile=trainer.jit_compile, steps_per_execution=trainer.steps_per_execution,
-    )
-    counter = TokenCounter(backbone.config, cls_only=head.reads_cls_only)
-    result = fit_timed(model, data, args.steps, args.warmup, counter, class_weight=task.class_weights())
+    optimizer = instantiate(cfg.optimizer)(num_train_steps=batches, num_layers=backbone.config.num_hidden_layers)
+    trainer.compile(model, optimizer, *loss_and_metrics(task.problem_type, task.threshold))
+    return TfbertTraining(model, data, backbone.config, head.reads_cls_only,
+                          {"class_weight": task.class_weights()}, trainer)
+
+
+def run_tfbert(args) -> dict:
+    """tfbert's default run (conf/, plus the given overrides), trained with model.fit."""
+    import tfbert  # noqa: F401  (tfbert's environment, oneDNN kernels on, before TensorFlow loads)
+
+    load_tensorflow(args.threads)
+    run = tfbert_training([f"pipeline.batch_size={args.batch_size}", *args.overrides], args.warmup + args.steps)
+    result = fit_timed(run.model, run.data, args.steps, args.warmup, run.counter(), **run.fit_args)
     if args.profile_steps:
-        result["profile"] = profile_training(model, data.take(args.profile_steps), class_weight=task.class_weights())
+        result["profile"] = profile_training(run.model, run.data.take(args.profile_steps), **run.fit_args)
+    trainer = run.trainer
     result["settings"] = {"overrides": list(args.overrides), "precision": trainer.precision, "jit_compile": trainer.jit_compile,
-                          "steps_per_execution": trainer.steps_per_execution, "onednn": onednn_enabled()}
+                          "steps_per_execution": trainer.steps_per_execution,
+                          "grad_accum_steps": trainer.grad_accum_steps, "onednn": onednn_enabled()}
     return result
 
 

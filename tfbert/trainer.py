@@ -119,6 +119,19 @@ class Trainer:
         """Optimizer updates over the whole run (what the learning-rate schedule spans)."""
         return math.ceil(self.epochs * steps_per_epoch / self.grad_accum_steps)
 
+    def compile(self, model: tf_keras.Model, optimizer: tf_keras.optimizers.Optimizer,
+                loss: tf_keras.losses.Loss, metrics: list) -> None:
+        """Compile `model` for training with this trainer's step settings: XLA, steps per
+        execution and gradient accumulation (`fit` does it; bench/speed.py times the result)."""
+        model.grad_accum_steps = self.grad_accum_steps
+        model.compile(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=metrics,
+            jit_compile=self.jit_compile,
+            steps_per_execution=self.steps_per_execution,
+        )
+
     def fit(
         self,
         model: tf_keras.Model,
@@ -157,14 +170,7 @@ class Trainer:
         if done:
             log.info("resuming from %s: epoch %d, step %d", backup_dir, done // steps_per_epoch + 1,
                      done % steps_per_epoch)
-        model.grad_accum_steps = self.grad_accum_steps
-        model.compile(
-            optimizer=optimizer,
-            loss=loss,
-            metrics=metrics,
-            jit_compile=self.jit_compile,
-            steps_per_execution=self.steps_per_execution,
-        )
+        self.compile(model, optimizer, loss, metrics)
         monitor = checkpoint_monitor(self.monitor, (metric.name for metric in metrics))
         mode = "min" if lower_is_better(monitor) else "max"
         # A callback that `validates` (tfbert.callbacks.ValidationInsights) runs the model
