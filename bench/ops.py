@@ -1,11 +1,12 @@
 """The encoder ops tfbert replaces, against the ones transformers uses, forward + backward.
 
-    gelu     transformers' "gelu" (exact, erf; TFBertIntermediate's)  vs tfbert.gelu.gelu
-    dropout  tf_keras.layers.Dropout (training)                   vs tfbert.dropout.Dropout
+    gelu        transformers' "gelu" (exact, erf; TFBertIntermediate's)  vs tfbert.gelu.gelu
+    dropout     tf_keras.layers.Dropout (training)                   vs tfbert.dropout.Dropout
+    layer_norm  tf_keras.layers.LayerNormalization(epsilon=1e-12)    vs tfbert.layer_norm's
 
 Each op runs on the shape it has in a MiniLM training step (batch 32, --length tokens:
-hidden 384 for dropout, intermediate 1536 for GELU), as one tf.function computing the
-output and the input's gradient. The two versions of an op run in alternating rounds
+hidden 384 for dropout and layer norm, intermediate 1536 for GELU), as one tf.function
+computing the output and the gradients of the input and of the op's weights, if any. The two versions of an op run in alternating rounds
 (this machine's speed drifts by 20% within minutes); the result per op is the median
 over rounds of tfbert's time / the reference's time in the same round.
 
@@ -31,8 +32,13 @@ def op_pairs(tf, args) -> dict:
 
     from tfbert.dropout import Dropout
     from tfbert.gelu import gelu
+    from tfbert.layer_norm import LayerNormalization
 
     keras_dropout, tfbert_dropout = tf_keras.layers.Dropout(0.1), Dropout(0.1)
+    # Layers in the run's policy: 16-bit inputs, float32 weights (BERT's epsilon).
+    policy = "float32" if args.dtype == "float32" else f"mixed_{args.dtype}"
+    keras_layer_norm = tf_keras.layers.LayerNormalization(epsilon=1e-12, dtype=policy)
+    tfbert_layer_norm = LayerNormalization(epsilon=1e-12, dtype=policy)
 
     def transformers_dropout(x):
         return keras_dropout(x, training=True)
@@ -43,11 +49,15 @@ def op_pairs(tf, args) -> dict:
     return {
         "gelu": (get_tf_activation("gelu"), gelu, (args.batch_size, args.length, 1536)),
         "dropout": (transformers_dropout, tfbert_dropout_training, (args.batch_size, args.length, 384)),
+        "layer_norm": (keras_layer_norm, tfbert_layer_norm, (args.batch_size, args.length, 384)),
     }
 
 
 def forward_backward(tf, function, shape, dtype):
-    """A tf.function running `function` and its gradient on fixed random inputs; returns a scalar."""
+    """A tf.function running `function` and its gradients on fixed random inputs; returns a scalar.
+
+    The gradients are the input's and, for a layer, its trainable weights' (a training step needs both).
+    """
     x = tf.Variable(tf.cast(tf.random.stateless_normal(shape, seed=[1, 2]), dtype))
     upstream = tf.cast(tf.random.stateless_normal(shape, seed=[3, 4]), dtype)
 
@@ -55,8 +65,10 @@ def forward_backward(tf, function, shape, dtype):
     def step():
         with tf.GradientTape() as tape:
             y = function(x.read_value())
-        gradient = tape.gradient(y, x, output_gradients=upstream)
-        return tf.cast(tf.reshape(y, [-1])[0] + tf.reshape(gradient, [-1])[0], tf.float32)
+        sources = [x, *getattr(function, "trainable_variables", [])]  # a layer is built by now
+        gradients = tape.gradient(y, sources, output_gradients=tf.cast(upstream, y.dtype))
+        firsts = [tf.cast(tf.reshape(value, [-1])[0], tf.float32) for value in [y, *gradients]]
+        return tf.add_n(firsts)
 
     return step
 

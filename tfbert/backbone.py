@@ -20,6 +20,7 @@ from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf
 
 from tfbert.dropout import use_fast_dropout
 from tfbert.gelu import use_float32_gelu
+from tfbert.layer_norm import use_fast_layer_norm
 from tfbert.model_dir import BackboneNotFound, resolve_model_dir
 
 FREEZE_CHOICES = ("none", "embeddings", "all")
@@ -118,6 +119,7 @@ def load_backbone(
     model = _load_weights(name_or_path, model_dir, config, random_init)
     use_float32_gelu(model)
     use_fast_dropout(model)
+    use_fast_layer_norm(model)
     _freeze(model, freeze, trainable_layers)
     return model
 
