@@ -38,7 +38,7 @@ def layer_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float) 
                 g - tf.reduce_mean(g, axis=-1, keepdims=True)
                 - x_hat * tf.reduce_mean(g * x_hat, axis=-1, keepdims=True)
             )
-            positions = tf.range(tf.rank(dy) - 1)
+            positions = list(range(dy.shape.rank - 1))
             return tf.cast(dx, x.dtype), tf.reduce_sum(dy * x_hat, axis=positions), tf.reduce_sum(dy, axis=positions)
 
         return tf.cast(x_hat * gamma + beta, x.dtype), gradient
@@ -64,7 +64,7 @@ def use_fast_layer_norm(backbone: tf_keras.layers.Layer) -> int:
     overrides `call` alone), so checkpoints and exports are unchanged.
     """
     swapped = 0
-    for module in {id(module): module for module in [backbone, *backbone.submodules]}.values():
+    for module in backbone.submodules:
         if type(module) is tf_keras.layers.LayerNormalization:
             module.__class__ = LayerNormalization
             swapped += 1
