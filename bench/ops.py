@@ -6,9 +6,10 @@
 
 Each op runs on the shape it has in a MiniLM training step (batch 32, --length tokens:
 hidden 384 for dropout and layer norm, intermediate 1536 for GELU), as one tf.function
-computing the output and the gradients of the input and of the op's weights, if any. The two versions of an op run in alternating rounds
-(this machine's speed drifts by 20% within minutes); the result per op is the median
-over rounds of tfbert's time / the reference's time in the same round.
+computing the output and the gradients of the input and of the op's weights, if any.
+The two versions of an op run in alternating rounds (this machine's speed drifts by 20%
+within minutes); the result per op is the median over rounds of tfbert's time / the
+reference's time in the same round.
 
     python bench/ops.py                        # bench/results/ops.{json,md}
     python bench/ops.py --dtype bfloat16 --rounds 30
@@ -66,7 +67,7 @@ def forward_backward(tf, function, shape, dtype):
         with tf.GradientTape() as tape:
             y = function(x.read_value())
         sources = [x, *getattr(function, "trainable_variables", [])]  # a layer is built by now
-        gradients = tape.gradient(y, sources, output_gradients=tf.cast(upstream, y.dtype))
+        gradients = tape.gradient(y, sources, output_gradients=tf.cast(upstream, y.dtype))  # a layer's output dtype
         firsts = [tf.cast(tf.reshape(value, [-1])[0], tf.float32) for value in [y, *gradients]]
         return tf.add_n(firsts)
 
