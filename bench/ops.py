@@ -35,11 +35,12 @@ def op_pairs(tf, args) -> dict:
     from tfbert.gelu import gelu
     from tfbert.layer_norm import LayerNormalization
 
-    keras_dropout, tfbert_dropout = tf_keras.layers.Dropout(0.1), Dropout(0.1)
-    # Layers in the run's policy: 16-bit inputs, float32 weights (BERT's epsilon).
+    # Layers in the run's policy (16-bit compute, float32 weights): a float32 layer would
+    # cast 16-bit inputs up and time float32 work.
     policy = "float32" if args.dtype == "float32" else f"mixed_{args.dtype}"
+    keras_dropout, tfbert_dropout = tf_keras.layers.Dropout(0.1, dtype=policy), Dropout(0.1, dtype=policy)
     keras_layer_norm = tf_keras.layers.LayerNormalization(epsilon=1e-12, dtype=policy)
-    tfbert_layer_norm = LayerNormalization(epsilon=1e-12, dtype=policy)
+    tfbert_layer_norm = LayerNormalization(epsilon=1e-12, dtype=policy)  # BERT's epsilon
 
     def transformers_dropout(x):
         return keras_dropout(x, training=True)
@@ -67,7 +68,7 @@ def forward_backward(tf, function, shape, dtype):
         with tf.GradientTape() as tape:
             y = function(x.read_value())
         sources = [x, *getattr(function, "trainable_variables", [])]  # a layer is built by now
-        gradients = tape.gradient(y, sources, output_gradients=tf.cast(upstream, y.dtype))  # a layer's output dtype
+        gradients = tape.gradient(y, sources, output_gradients=upstream)
         firsts = [tf.cast(tf.reshape(value, [-1])[0], tf.float32) for value in [y, *gradients]]
         return tf.add_n(firsts)
 
