@@ -10,7 +10,7 @@ from tfbert.backbone import load_backbone
 from tfbert.classifier import build_classifier
 from tfbert.heads import MeanPoolingHead
 from tfbert.pipeline import Pipeline, batch_stats
-from tfbert.trainer import Trainer
+from tfbert.trainer import MAX_AUTO_SLICES, Trainer, cpu_cores, resolve_parallel_slices
 
 NO_DROPOUT = {**TINY_CONFIG, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
@@ -29,8 +29,9 @@ def batches(count, size, seed=1):
     return tf.data.Dataset.from_tensor_slices((features, labels)).batch(size)
 
 
-def train_once(model, data, grad_accum_steps):
+def train_once(model, data, grad_accum_steps, parallel_slices=1):
     model.grad_accum_steps = grad_accum_steps
+    model.parallel_slices = parallel_slices
     model.compile(tf_keras.optimizers.SGD(0.5), tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(data, epochs=1, verbose=0)
     return model.get_weights(), int(model.optimizer.iterations)
@@ -42,6 +43,30 @@ def test_gradient_accumulation_equals_the_larger_batch():
     assert accumulated_steps == large_steps == 2
     for a, b in zip(accumulated, large):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad_accum_steps", [1, 2])
+def test_parallel_slices_train_evaluate_and_predict_like_the_whole_batch(grad_accum_steps):
+    # Batches of 8 rows in 3 slices (2, 3 and 3 rows); the last batch of 2 has an empty slice.
+    features, labels = next(iter(batches(1, 18)))
+    data = tf.data.Dataset.from_tensor_slices((features, labels)).batch(8)
+    whole, whole_steps = train_once(tiny_classifier(), data, grad_accum_steps)
+    sliced_model = tiny_classifier()
+    sliced, sliced_steps = train_once(sliced_model, data, grad_accum_steps, parallel_slices=3)
+    assert sliced_steps == whole_steps == 3 // grad_accum_steps
+    for a, b in zip(sliced, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    expected = sliced_model(features, training=False)
+    np.testing.assert_allclose(sliced_model.predict(data, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    loss = sliced_model.evaluate(features, labels, batch_size=18, verbose=0)
+    np.testing.assert_allclose(loss, sliced_model.loss(labels, expected), rtol=1e-5)
+
+
+def test_parallel_slices_auto_means_one_per_core_on_a_cpu_without_xla():
+    assert resolve_parallel_slices("auto", "default", jit_compile=False) == min(cpu_cores(), MAX_AUTO_SLICES)
+    assert resolve_parallel_slices("auto", "default", jit_compile=True) == 1
+    assert resolve_parallel_slices("auto", "mirrored", jit_compile=False) == 1
+    assert resolve_parallel_slices(3, "mirrored", jit_compile=True) == 3
 
 
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
@@ -83,6 +108,8 @@ def test_bucket_boundary_padding_bounds_the_number_of_shapes():
         ({"precision": "float8"}, "precision must be one of"),
         ({"grad_accum_steps": 0}, "grad_accum_steps must be positive"),
         ({"profile_steps": [5, 2]}, "profile_steps must be"),
+        ({"parallel_slices": 0}, "parallel_slices must be a positive integer or auto, got 0"),
+        ({"parallel_slices": "many"}, "parallel_slices must be a positive integer or auto, got 'many'"),
     ],
 )
 def test_bad_switches(kwargs, message):

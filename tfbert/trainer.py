@@ -2,6 +2,7 @@
 
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from tfbert.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 RESUME = ("auto", "never")
+# parallel_slices=auto: one slice per core up to this many (measured: 2 cores, bench/results/speed.md).
+MAX_AUTO_SLICES = 8
 
 
 class NonFiniteLoss(RuntimeError):
@@ -37,6 +40,44 @@ class StopOnNonFiniteLoss(tf_keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)) and self.stopped_at is None:
             self.stopped_at = (self.epoch + 1, batch + 1)
             self.model.stop_training = True
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_parallel_slices(parallel_slices: int | str, strategy: str, jit_compile: bool) -> int:
+    """The number of slices `parallel_slices` (a positive int or `auto`) means here (see Trainer)."""
+    if parallel_slices == "auto":
+        accelerated = tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU")
+        if accelerated or strategy != "default" or jit_compile:
+            return 1
+        return min(cpu_cores(), MAX_AUTO_SLICES)
+    if isinstance(parallel_slices, bool) or not isinstance(parallel_slices, int) or parallel_slices < 1:
+        raise ValueError(f"parallel_slices must be a positive integer or auto, got {parallel_slices!r}")
+    return parallel_slices
+
+
+def one_thread_per_op(ops_at_once: int) -> None:
+    """Run each TensorFlow op on one thread, up to `ops_at_once` ops at a time.
+
+    Only possible before TensorFlow's runtime starts; after that, a warning says the
+    runtime keeps its threads (the results are the same, only the speed differs).
+    """
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(ops_at_once)
+    except RuntimeError:
+        threads = tf.config.threading
+        if threads.get_intra_op_parallelism_threads() == 1 and threads.get_inter_op_parallelism_threads() >= ops_at_once:
+            return
+        log.warning(
+            "TensorFlow started before the Trainer: it keeps %d threads per op and %d ops at once, "
+            "so parallel slices run without one thread per op (build the Trainer first for the speed)",
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        )
 
 
 class Trainer:
@@ -65,6 +106,12 @@ class Trainer:
         grad_accum_steps: apply the mean gradient of this many batches at once (a
             larger effective batch without the memory; see tfbert.classifier.Classifier).
         profile_steps: `[first, last]` training steps to trace for TensorBoard's profiler.
+        parallel_slices: run each batch as this many slices side by side (see
+            tfbert.classifier.Classifier), with one thread per op and as many ops at once
+            as there are slices or cores (set here: build the Trainer before TensorFlow's
+            runtime starts); 1: one batch, each op on every core. `auto`: one slice per
+            core (at most MAX_AUTO_SLICES) when training on a CPU with the default
+            strategy and without XLA, else 1. `self.parallel_slices` is the number chosen.
     """
 
     def __init__(
@@ -82,6 +129,7 @@ class Trainer:
         precision: str = "auto",
         grad_accum_steps: int = 1,
         profile_steps: list[int] | None = None,
+        parallel_slices: int | str = "auto",
     ):
         if epochs < 1:
             raise ValueError(f"epochs must be positive, got {epochs}")
@@ -109,6 +157,9 @@ class Trainer:
         self.precision = policy
         self.grad_accum_steps = grad_accum_steps
         self.profile_steps = profile_steps
+        self.parallel_slices = resolve_parallel_slices(parallel_slices, strategy, jit_compile)
+        if self.parallel_slices > 1:
+            one_thread_per_op(max(self.parallel_slices, cpu_cores()))
         if deterministic:
             tf.config.experimental.enable_op_determinism()
         # Layers take the global policy when built, so it is set before any model exists.
@@ -122,8 +173,9 @@ class Trainer:
     def compile(self, model: tf_keras.Model, optimizer: tf_keras.optimizers.Optimizer,
                 loss: tf_keras.losses.Loss, metrics: list) -> None:
         """Compile `model` for training with this trainer's step settings: XLA, steps per
-        execution and gradient accumulation (`fit` does it; bench/speed.py times the result)."""
+        execution, parallel slices and gradient accumulation (`fit` does it; bench/speed.py times the result)."""
         model.grad_accum_steps = self.grad_accum_steps
+        model.parallel_slices = self.parallel_slices
         model.compile(
             optimizer=optimizer,
             loss=loss,
