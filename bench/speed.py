@@ -249,7 +249,8 @@ def run_tfbert(args) -> dict:
     trainer = run.trainer
     result["settings"] = {"overrides": list(args.overrides), "precision": trainer.precision, "jit_compile": trainer.jit_compile,
                           "steps_per_execution": trainer.steps_per_execution,
-                          "grad_accum_steps": trainer.grad_accum_steps, "onednn": onednn_enabled()}
+                          "grad_accum_steps": trainer.grad_accum_steps, "parallel_slices": trainer.parallel_slices,
+                          "onednn": onednn_enabled()}
     return result
 
 
@@ -362,21 +363,23 @@ def run_pytorch(args) -> dict:
 def run_matmul(args) -> dict:
     """Best float32 matmul throughput TensorFlow reaches, over square sizes (GFLOP/s), and
     what the model's own training matmuls reach (see layer_matmul_gflops); with its
-    oneDNN kernels or its default (Eigen) ones, as --onednn says."""
-    tf = load_tensorflow(args.threads, onednn=args.onednn == "on")
-    rates = {}
-    for size in args.matmul_sizes:
-        a = tf.random.normal((size, size))
-        b = tf.random.normal((size, size))
-        rates[size] = timed_gflops(tf, lambda: tf.matmul(a, b), 2 * size**3, args.matmul_seconds)
+    oneDNN kernels or its default (Eigen) ones, as --onednn says. With --matmul-intra-op 1,
+    each product runs on one thread and --threads products run side by side (as tfbert's
+    parallel slices run their ops)."""
+    tf = load_tensorflow(args.threads, onednn=args.onednn == "on", intra_op=args.matmul_intra_op)
+    at_once = args.threads if args.matmul_intra_op == 1 else 1
+
+    def products_per_second(size: int, dtype) -> float:
+        pairs = [tuple(tf.cast(tf.random.normal((size, size)), dtype) for _ in range(2)) for _ in range(at_once)]
+        products = tf.function(lambda: [tf.matmul(a, b) for a, b in pairs])
+        return timed_gflops(tf, products, at_once * 2 * size**3, args.matmul_seconds)
+
+    rates = {size: products_per_second(size, tf.float32) for size in args.matmul_sizes}
     best = max(rates, key=rates.get)
     # What mixed_bfloat16 training multiplies in (trainer.precision=auto on CPUs with avx512_bf16).
-    bfloat16 = {}
-    for size in args.matmul_sizes:
-        a, b = (tf.cast(tf.random.normal((size, size)), tf.bfloat16) for _ in range(2))
-        bfloat16[size] = timed_gflops(tf, lambda: tf.matmul(a, b), 2 * size**3, args.matmul_seconds)
+    bfloat16 = {size: products_per_second(size, tf.bfloat16) for size in args.matmul_sizes}
     return {"gflops": rates[best], "best_size": best, "gflops_by_size": rates, "onednn": onednn_enabled(),
-            "bfloat16_gflops_by_size": bfloat16,
+            "one_thread_per_op": at_once > 1, "bfloat16_gflops_by_size": bfloat16,
             "layer_gflops": layer_matmul_gflops(tf, args), "layer_tokens": args.batch_size * LAYER_TOKENS_PER_SEQUENCE}
 
 
@@ -500,7 +503,9 @@ def markdown(report: dict) -> str:
         f"Training speed, batch {report['batch_size']}, {report['steps']} timed steps after "
         f"{report['warmup']} warmup steps, {report['threads']} threads; matmul peak "
         f"{report['matmul_peak_gflops']:.1f} GFLOP/s (float32, TensorFlow, the best of its default and oneDNN "
-        "kernels). TensorFlow's oneDNN kernels: " + ", ".join(
+        "kernels, each product on every thread or one thread per product with products side by side). "
+        f"tfbert ran each batch as {report['runs']['tfbert']['settings']['parallel_slices']} parallel slice(s) "
+        "(trainer.parallel_slices). TensorFlow's oneDNN kernels: " + ", ".join(
             f"{name} {'on' if run['settings']['onednn'] else 'off'}"
             for name, run in report["runs"].items() if "onednn" in run.get("settings", {})
         ) + " (tfbert turns them on; the recipe runs with TensorFlow's defaults for this CPU).",
@@ -525,7 +530,8 @@ def markdown(report: dict) -> str:
            "every token) and is counted so" if report["runs"]["tfbert"].get("cls_only_top_layer") else "")
         + ". Matmul GFLOP/s by size, before and "
         "after the training runs: " + "; ".join(
-            f"{'oneDNN' if run['onednn'] else 'default'} kernels "
+            f"{'oneDNN' if run['onednn'] else 'default'} kernels"
+            f"{' (one thread per product, ' + str(report['threads']) + ' at once)' if run.get('one_thread_per_op') else ''} "
             + ", ".join(f"{size}: {rate:.1f}" for size, rate in run["gflops_by_size"].items())
             for run in report["matmul_runs"]
         ) + ".",
@@ -555,6 +561,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     add_worker_arguments(parser, WORKERS)
     parser.add_argument("--onednn", choices=("on", "off"), help=argparse.SUPPRESS)  # the matmul worker's kernels
+    parser.add_argument("--matmul-intra-op", type=int, help=argparse.SUPPRESS)  # and its threads per op
     parser.add_argument("--matmul-sizes", type=int, nargs="+", help="square matmul sizes (default 1024 2048 3072 4096)")
     parser.add_argument("--matmul-seconds", type=float, default=3.0, help="time per matmul size")
     parser.add_argument("--profile-steps", type=int, default=5,
@@ -583,9 +590,10 @@ def main():
     script, arguments = Path(__file__), worker_arguments(args)
 
     def matmul_runs() -> list[dict]:
-        """The matmul peak with TensorFlow's default kernels and with its oneDNN ones."""
-        return [run_worker(script, "matmul", "tensorflow", args.threads, ["--onednn", onednn, *arguments])
-                for onednn in ("off", "on")]
+        """The matmul peak with TensorFlow's default kernels, its oneDNN ones, and its oneDNN
+        ones on one thread per product with a product per thread side by side."""
+        return [run_worker(script, "matmul", "tensorflow", args.threads, ["--onednn", onednn, *intra_op, *arguments])
+                for onednn, intra_op in (("off", []), ("on", []), ("on", ["--matmul-intra-op", "1"]))]
 
     peaks = matmul_runs()
     runs = {name: run_worker(script, name, framework, args.threads, arguments) for name, framework in SYSTEMS.items()}

@@ -95,8 +95,10 @@ def test_progress_line_per_epoch(snippets_file, tmp_path, caplog):
     assert not (tmp_path / "tensorboard" / "validation_insights").exists()
 
 
-def test_validation_logs_equal_keras_evaluate(tiny_backbone, tokenizer, task, tmp_path):
-    """The callback's one pass logs what Keras' own validation pass would have."""
+@pytest.mark.parametrize("parallel_slices", [1, 3])
+def test_validation_logs_equal_keras_evaluate(tiny_backbone, tokenizer, task, tmp_path, parallel_slices):
+    """The callback's one pass logs what Keras' own validation pass would have (in the
+    fitted model's parallel slices, or the whole batch)."""
     import tf_keras
 
     from tfbert.classifier import build_classifier
@@ -114,6 +116,7 @@ def test_validation_logs_equal_keras_evaluate(tiny_backbone, tokenizer, task, tm
         tiny_backbone, head, tokenizer, validation, task.label_names, log_dir=tmp_path / "insights",
         projector_dir=tmp_path / "projector", monitor=None,
     )
+    model.parallel_slices = parallel_slices
     insights.set_model(model)
     logs = insights.validation_logs(insights.predict()[0])
     assert logs == pytest.approx({"val_loss": expected["loss"], "val_accuracy": expected["accuracy"]}, abs=1e-5)

@@ -23,7 +23,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 from transformers import PreTrainedTokenizerBase
 
-from tfbert.classifier import INPUT_NAMES, encoder_features
+from tfbert.classifier import INPUT_NAMES, encoder_features, in_slices
 from tfbert.figures import attention_figure, confusion_matrix_figure, png_bytes
 from tfbert.heads import ClassificationHead
 from tfbert.objectives import checkpoint_monitor, lower_is_better
@@ -211,9 +211,14 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         self.max_examples = max_examples
         self.attention_maps = attention_maps
         self.batch_size = batch_size
+        # In the fitted model's parallel slices (tfbert.classifier.Classifier), like its own steps.
         self.encode = tf.function(
-            lambda tokens: encoder_features(
-                backbone, tokens, hidden_states="hidden_states" in head.reads, cls_only=head.reads_cls_only
+            lambda tokens: in_slices(
+                lambda rows: encoder_features(
+                    backbone, rows, hidden_states="hidden_states" in head.reads, cls_only=head.reads_cls_only
+                ),
+                getattr(self.model, "parallel_slices", 1),
+                tokens,
             ),
             reduce_retracing=True,
         )

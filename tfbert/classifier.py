@@ -30,6 +30,21 @@ def encoder_features(backbone: tf_keras.Model, tokens: dict, hidden_states: bool
     return features
 
 
+def in_slices(function, slices: int, inputs):
+    """`function(inputs)` computed on `slices` slices of the batch (the rows of every input
+    tensor), independent subgraphs that TensorFlow can run side by side; their outputs
+    (any nest of batch-first tensors) joined row-wise."""
+    if slices == 1:
+        return function(inputs)
+    rows = tf.shape(tf.nest.flatten(inputs)[0])[0]
+    bounds = [rows * i // slices for i in range(slices + 1)]
+    outputs = [
+        function(tf.nest.map_structure(lambda tensor: tensor[start:end], inputs))
+        for start, end in zip(bounds, bounds[1:])
+    ]
+    return tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *outputs)
+
+
 @tf_keras.saving.register_keras_serializable(package="tfbert")
 class Classifier(tf_keras.Model):
     """A functional tf_keras.Model whose steps can run a batch in slices and accumulate gradients.
@@ -52,14 +67,7 @@ class Classifier(tf_keras.Model):
 
     def sliced_call(self, features, training: bool):
         """The logits of `features`, computed as `parallel_slices` slices of the batch."""
-        if self.parallel_slices == 1:
-            return self(features, training=training)
-        rows = tf.shape(tf.nest.flatten(features)[0])[0]
-        bounds = [rows * i // self.parallel_slices for i in range(self.parallel_slices + 1)]
-        return tf.concat([
-            self(tf.nest.map_structure(lambda tensor: tensor[start:end], features), training=training)
-            for start, end in zip(bounds, bounds[1:])
-        ], axis=0)
+        return in_slices(lambda rows: self(rows, training=training), self.parallel_slices, features)
 
     def train_step(self, data):
         features, labels, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)

@@ -160,6 +160,7 @@ class Trainer:
         self.parallel_slices = resolve_parallel_slices(parallel_slices, strategy, jit_compile)
         if self.parallel_slices > 1:
             one_thread_per_op(max(self.parallel_slices, cpu_cores()))
+            log.info("each batch runs as %d slices side by side, one thread per op", self.parallel_slices)
         if deterministic:
             tf.config.experimental.enable_op_determinism()
         # Layers take the global policy when built, so it is set before any model exists.
