@@ -109,8 +109,8 @@ class Trainer:
         parallel_slices: run each batch as this many slices side by side (see
             tfbert.classifier.Classifier), with one thread per op and as many ops at once
             as there are slices or cores (set here: build the Trainer before TensorFlow's
-            runtime starts); 1: one batch, each op on every core. `auto`: one slice per
-            core (at most MAX_AUTO_SLICES) when training on a CPU with the default
+            runtime starts); 1: the whole batch, each op on every core. `auto`: one slice
+            per core (at most MAX_AUTO_SLICES) when training on a CPU with the default
             strategy and without XLA, else 1. `self.parallel_slices` is the number chosen.
     """
 
@@ -129,7 +129,7 @@ class Trainer:
         precision: str = "auto",
         grad_accum_steps: int = 1,
         profile_steps: list[int] | None = None,
-        parallel_slices: int | str = "auto",
+        parallel_slices: int | str = 1,
     ):
         if epochs < 1:
             raise ValueError(f"epochs must be positive, got {epochs}")
