@@ -127,7 +127,7 @@ CLI_IMPORTS = """
 import sys
 from tfbert.predict import main
 main(sys.argv[1:])
-heavy = sorted(name for name in sys.modules if name.split(".")[0] == "transformers" or name.startswith("tfbert.") and name != "tfbert.predict" and name != "tfbert.env")
+heavy = sorted(name for name in sys.modules if name.split(".")[0] == "transformers" or name.startswith("tfbert.") and name not in ("tfbert.predict", "tfbert.env", "tfbert.threads"))
 import tensorflow as tf
 print("intra-op threads:", tf.config.threading.get_intra_op_parallelism_threads())
 print("heavy:", heavy)

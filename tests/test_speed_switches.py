@@ -10,7 +10,8 @@ from tfbert.backbone import load_backbone
 from tfbert.classifier import build_classifier
 from tfbert.heads import MeanPoolingHead
 from tfbert.pipeline import Pipeline, batch_stats
-from tfbert.trainer import MAX_AUTO_SLICES, Trainer, cpu_cores, resolve_parallel_slices
+from tfbert.threads import cpu_cores
+from tfbert.trainer import MAX_AUTO_SLICES, Trainer, resolve_parallel_slices
 
 NO_DROPOUT = {**TINY_CONFIG, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the in-graph tokenizer's ops)
 
+from tfbert.threads import cpu_cores, one_thread_per_op
+
 INPUT_SUFFIXES = (".txt", ".csv", ".jsonl")
 
 
@@ -43,20 +45,6 @@ def find_saved_model(path: Path) -> Path:
     if not versions:
         raise InvalidInput(f"{path} holds no saved_model.pb, nor version subdirectories (1/, 2/, ...) with one")
     return versions[-1][1]
-
-
-def serve_with_one_thread_per_op() -> None:
-    """TensorFlow's threading for tfbert exports: one thread per op, as many ops at once as cores.
-
-    An export's encoder layers run as parallel branches (`branches`, tfbert.packed), which
-    the inter-op threads run side by side; the intra-op default (every core on every op)
-    costs more than it gains on the small matrices of a request. Only before TensorFlow's
-    runtime starts: later, its settings stay.
-    """
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-    except RuntimeError:  # the runtime already started (TensorFlow was used before in this process)
-        pass
 
 
 def load_serving(path: Path):
@@ -150,7 +138,8 @@ def main(argv: list[str]) -> None:
         parser.error(f"--batch-size must be positive, got {arguments.batch_size}")
     if arguments.texts and arguments.input:
         parser.error("give texts as arguments or --input, not both")
-    serve_with_one_thread_per_op()
+    # Exports run each encoder layer as parallel branches (tfbert.packed): one thread per op.
+    one_thread_per_op(cpu_cores())
     try:
         serving = load_serving(arguments.export)
         columns = text_columns(serving)

@@ -2,7 +2,6 @@
 
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from tfbert.checkpoints import Backup, BestCheckpoint, Preempted, backup_positio
 from tfbert.objectives import checkpoint_monitor, lower_is_better
 from tfbert.pipeline import stream_epochs
 from tfbert.precision import resolve_precision
+from tfbert.threads import cpu_cores, one_thread_per_op
 
 log = logging.getLogger(__name__)
 RESUME = ("auto", "never")
@@ -42,11 +42,6 @@ class StopOnNonFiniteLoss(tf_keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def cpu_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def resolve_parallel_slices(parallel_slices: int | str, strategy: str, jit_compile: bool) -> int:
     """The number of slices `parallel_slices` (a positive int or `auto`) means here (see Trainer)."""
     if parallel_slices == "auto":
@@ -57,27 +52,6 @@ def resolve_parallel_slices(parallel_slices: int | str, strategy: str, jit_compi
     if isinstance(parallel_slices, bool) or not isinstance(parallel_slices, int) or parallel_slices < 1:
         raise ValueError(f"parallel_slices must be a positive integer or auto, got {parallel_slices!r}")
     return parallel_slices
-
-
-def one_thread_per_op(ops_at_once: int) -> None:
-    """Run each TensorFlow op on one thread, up to `ops_at_once` ops at a time.
-
-    Only possible before TensorFlow's runtime starts; after that, a warning says the
-    runtime keeps its threads (the results are the same, only the speed differs).
-    """
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(ops_at_once)
-    except RuntimeError:
-        threads = tf.config.threading
-        if threads.get_intra_op_parallelism_threads() == 1 and threads.get_inter_op_parallelism_threads() >= ops_at_once:
-            return
-        log.warning(
-            "TensorFlow started before the Trainer: it keeps %d threads per op and %d ops at once, "
-            "so parallel slices run without one thread per op (build the Trainer first for the speed)",
-            tf.config.threading.get_intra_op_parallelism_threads(),
-            tf.config.threading.get_inter_op_parallelism_threads(),
-        )
 
 
 class Trainer:
