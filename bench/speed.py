@@ -514,7 +514,7 @@ def mfu_bound_lines(report: dict) -> list[str]:
     return [
         "",
         f"Why: matmuls took {matmul:.0%} of tfbert's op time (the profile below); at the rate the layer's "
-        f"matmuls reach alone, {layer:.0%} of the peak, that bounds the MFU near {matmul * layer:.0%} "
+        f"matmuls reach alone, {layer:.0%} of the peak, that caps the MFU at about {matmul * layer:.0%} "
         f"(measured {report['systems']['tfbert']['mfu']:.1%}): {need}.",
     ]
 
