@@ -41,6 +41,38 @@ def test_bad_arguments(kwargs, message):
         create_adamw(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("learning_rate", -1.0, r"optimizer learning_rate must be a number above 0, got -1.0"),
+        ("learning_rate", 0, "learning_rate must be a number above 0, got 0"),
+        ("learning_rate", "fast", "learning_rate must be a number above 0, got 'fast'"),
+        ("weight_decay", -0.1, r"weight_decay must be a number, 0 or more, got -0.1"),
+        ("beta_1", 1.0, r"beta_1 must be a number in \[0, 1\), got 1.0"),
+        ("beta_2", True, r"beta_2 must be a number in \[0, 1\), got True"),
+        ("epsilon", 0.0, "epsilon must be a number above 0, got 0.0"),
+        ("global_clipnorm", -1, r"global_clipnorm must be a number above 0 \(or null: no clipping\), got -1"),
+    ],
+)
+def test_bad_settings_are_named(setting, value, message):
+    with pytest.raises(ValueError, match=message):
+        create_adamw(num_train_steps=10, **{setting: value})
+
+
+def test_integer_settings_train_like_floats():
+    # Hydra gives `optimizer.learning_rate=1` as an int; the schedule must still be float32.
+    variable = tf.Variable([1.0, 2.0], name="dense/kernel")
+    results = []
+    for learning_rate, weight_decay in ((1, 0), (1.0, 0.0)):
+        variable.assign([1.0, 2.0])
+        optimizer = create_adamw(num_train_steps=4, learning_rate=learning_rate, weight_decay=weight_decay,
+                                 warmup_ratio=0)
+        optimizer.apply_gradients([(tf.constant([0.5, -0.5]), variable)])
+        results.append(variable.numpy())
+    np.testing.assert_array_equal(results[0], results[1])
+    assert not np.array_equal(results[0], [1.0, 2.0])
+
+
 def train_embedding_and_dense(optimizer, jit_compile=False):
     """Three steps on a gathered embedding (sparse gradient), a kernel and a bias; their values."""
     embedding = tf.Variable(tf.reshape(tf.range(12, dtype=tf.float32) / 10, (6, 2)), name="embeddings/w")

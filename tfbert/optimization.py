@@ -13,6 +13,15 @@ NO_WEIGHT_DECAY = ["LayerNorm", "layer_norm", "bias"]
 # Where TFBertModel keeps its variables: `.../bert/embeddings/...`, `.../bert/encoder/layer_._3/...`.
 EMBEDDINGS = re.compile(r"/embeddings/")
 ENCODER_LAYER = re.compile(r"/encoder/layer_\._(\d+)/")
+# What create_adamw accepts for its numeric settings: a test, and how an error message says it.
+VALID_SETTINGS = {
+    "learning_rate": (lambda value: value > 0, "a number above 0"),
+    "weight_decay": (lambda value: value >= 0, "a number, 0 or more"),
+    "beta_1": (lambda value: 0 <= value < 1, "a number in [0, 1)"),
+    "beta_2": (lambda value: 0 <= value < 1, "a number in [0, 1)"),
+    "epsilon": (lambda value: value > 0, "a number above 0"),
+    "global_clipnorm": (lambda value: value > 0, "a number above 0 (or null: no clipping)"),
+}
 
 
 def create_adamw(
@@ -42,14 +51,14 @@ def create_adamw(
         lazy_embeddings: update only the embedding rows each batch uses (see FusedAdamW);
             False: every row, every step, as plain AdamW.
     """
-    schedule = warmup_linear_decay(learning_rate, num_train_steps, warmup_ratio)
+    schedule = warmup_linear_decay(_checked("learning_rate", learning_rate), num_train_steps, warmup_ratio)
     settings = dict(
         learning_rate=schedule,
-        weight_decay=weight_decay,
-        beta_1=beta_1,
-        beta_2=beta_2,
-        epsilon=epsilon,
-        global_clipnorm=global_clipnorm,
+        weight_decay=_checked("weight_decay", weight_decay),
+        beta_1=_checked("beta_1", beta_1),
+        beta_2=_checked("beta_2", beta_2),
+        epsilon=_checked("epsilon", epsilon),
+        global_clipnorm=None if global_clipnorm is None else _checked("global_clipnorm", global_clipnorm),
         lazy_embeddings=lazy_embeddings,
     )
     if layer_decay is None:
@@ -58,6 +67,14 @@ def create_adamw(
         optimizer = LayerDecayAdamW(layer_decay=layer_decay, num_layers=num_layers, **settings)
     optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     return optimizer
+
+
+def _checked(name: str, value) -> float:
+    """`value` of the setting `name` as a float (a config may give an int), if VALID_SETTINGS allows it."""
+    valid, allowed = VALID_SETTINGS[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
+        raise ValueError(f"optimizer {name} must be {allowed}, got {value!r}")
+    return float(value)
 
 
 @tf_keras.saving.register_keras_serializable(package="tfbert")
