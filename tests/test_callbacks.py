@@ -8,7 +8,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import compose_config
-from tfbert.callbacks import BestEpoch, ValidationInsights, duration, flat_hparams
+from tfbert.callbacks import BestEpoch, ValidationInsights, duration, flat_hparams, insight_callbacks
 from tfbert.objectives import loss_and_metrics
 from tfbert.train import run
 
@@ -171,6 +171,35 @@ def test_a_validating_callback_replaces_keras_validation(tmp_path):
     )
     assert history.history["val_accuracy"] == [0.5, 0.6]
     assert ValidationInsights.validates
+
+
+@pytest.mark.parametrize("monitor", ["val_f1", "val_f1_macro"])
+def test_a_monitor_the_run_does_not_log_fails_before_training(tmp_path, monitor):
+    """Checked against the compiled metrics and what the callbacks declare they log; the
+    training data here would fail in the first step, so the error comes before it."""
+    from tests.conftest import MINILM, TINY_CONFIG
+    from tfbert.backbone import load_backbone
+    from tfbert.classifier import build_classifier
+    from tfbert.heads import ClsHead
+    from tfbert.optimization import create_adamw
+    from tfbert.trainer import Trainer
+
+    classifier = build_classifier(load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG), ClsHead(2))
+    unusable = tf.data.Dataset.from_tensors(({"input_ids": np.zeros((2, 3, 3), np.int32)}, np.zeros(2, np.int32)))
+    with pytest.raises(ValueError, match=rf"trainer.monitor='{monitor}' is not a metric this run logs; "
+                                         r"it logs \['val_accuracy', 'val_loss'\]"):
+        Trainer(epochs=1, monitor=monitor).fit(
+            classifier, create_adamw(num_train_steps=1), *loss_and_metrics("single_label"), unusable, 1, unusable, tmp_path,
+        )
+    assert "val_f1_macro" in ValidationInsights.logged_metrics  # with validation insights, the run logs it
+
+
+@pytest.mark.parametrize("setting, value", [("max_examples", -1), ("attention_maps", -2), ("attention_maps", 1.5)])
+def test_bad_insight_counts_are_named(tmp_path, setting, value):
+    run_parts = dict(run_dir=tmp_path, backbone=None, head=None, tokenizer=None, validation=None, label_names=["a", "b"],
+                     problem_type="single_label", monitor=None, hparams={})
+    with pytest.raises(ValueError, match=rf"insight.{setting} must be a whole number, 0 or more \(0: none\), got {value}"):
+        insight_callbacks(**run_parts, **{setting: value})
 
 
 def test_best_epoch_follows_the_monitor():

@@ -117,6 +117,11 @@ def test_bad_mlp_widths_are_named():
         ClsHead(3, hidden_units=[16, 0])
 
 
+def test_a_bad_activation_is_named_even_without_an_mlp():
+    with pytest.raises(ValueError, match="activation must be a tf_keras activation name .* got 'nope'"):
+        ClsHead(3, activation="nope")
+
+
 def head_model(head, hidden=8, layers=2):
     """A functional model around one head: the encoder outputs it reads in, logits out."""
     inputs = {

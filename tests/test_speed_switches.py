@@ -111,6 +111,9 @@ def test_bucket_boundary_padding_bounds_the_number_of_shapes():
         ({"profile_steps": [5, 2]}, "profile_steps must be"),
         ({"parallel_slices": 0}, "parallel_slices must be a positive integer or auto, got 0"),
         ({"parallel_slices": "many"}, "parallel_slices must be a positive integer or auto, got 'many'"),
+        ({"steps_per_execution": 0}, "steps_per_execution must be a positive integer, got 0"),
+        ({"tensorboard_update_freq": 0}, "tensorboard_update_freq must be a positive number of batches, batch or epoch, got 0"),
+        ({"tensorboard_update_freq": "often"}, "tensorboard_update_freq must be .* got 'often'"),
     ],
 )
 def test_bad_switches(kwargs, message):

@@ -181,6 +181,8 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         batch_size: examples per forward pass.
     """
 
+    # The epoch-log keys it adds to Keras' (Trainer.fit checks trainer.monitor against them).
+    logged_metrics = ("val_f1_macro",)
 
     def __init__(
         self,
@@ -403,6 +405,9 @@ def insight_callbacks(
         max_examples: misclassified examples and projector points, at most (0: none).
         attention_maps: validation examples with an attention map (0: none).
     """
+    for name, value in (("max_examples", max_examples), ("attention_maps", attention_maps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"insight.{name} must be a whole number, 0 or more (0: none), got {value!r}")
     log_dir = Path(run_dir) / "tensorboard"
     callbacks = []
     # ValidationInsights adds val_f1_macro to the epoch logs the later ones read.

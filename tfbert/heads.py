@@ -52,6 +52,12 @@ class ClassificationHead(tf_keras.layers.Layer):
         hidden_units = [int(units) for units in hidden_units]  # also turns a Hydra ListConfig into a list
         if any(units < 1 for units in hidden_units):
             raise ValueError(f"hidden_units must all be positive layer widths, got {hidden_units}")
+        try:
+            tf_keras.activations.get(activation)
+        except ValueError:
+            raise ValueError(
+                f"activation must be a tf_keras activation name such as gelu, relu or tanh, got {activation!r}"
+            ) from None
         self.num_outputs = num_outputs
         self.dropout = dropout
         self.initializer_range = initializer_range

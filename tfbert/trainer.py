@@ -118,6 +118,15 @@ class Trainer:
             raise ValueError(f"profile_steps must be [first, last] with 0 < first <= last, got {profile_steps}")
         if backup_every_steps < 1:
             raise ValueError(f"backup_every_steps must be positive, got {backup_every_steps}")
+        if isinstance(steps_per_execution, bool) or not isinstance(steps_per_execution, int) or steps_per_execution < 1:
+            raise ValueError(f"steps_per_execution must be a positive integer, got {steps_per_execution!r}")
+        if tensorboard_update_freq not in ("batch", "epoch") and (
+            isinstance(tensorboard_update_freq, bool) or not isinstance(tensorboard_update_freq, int)
+            or tensorboard_update_freq < 1
+        ):
+            raise ValueError(
+                f"tensorboard_update_freq must be a positive number of batches, batch or epoch, got {tensorboard_update_freq!r}"
+            )
         self.epochs = epochs
         self.monitor = monitor
         self.jit_compile = jit_compile
@@ -199,6 +208,11 @@ class Trainer:
                      done % steps_per_epoch)
         self.compile(model, optimizer, loss, metrics)
         monitor = checkpoint_monitor(self.monitor, (metric.name for metric in metrics))
+        # Checked now, not at the end of the first epoch: every val_* metric this run will log.
+        logged = {"val_loss", *(f"val_{metric.name}" for metric in metrics),
+                  *(name for callback in callbacks for name in getattr(callback, "logged_metrics", ()))}
+        if monitor not in logged:
+            raise ValueError(f"trainer.monitor={monitor!r} is not a metric this run logs; it logs {sorted(logged)}")
         mode = "min" if lower_is_better(monitor) else "max"
         # A callback that `validates` (tfbert.callbacks.ValidationInsights) runs the model
         # over the validation split anyway and logs the val_* metrics: no second pass.
