@@ -59,6 +59,12 @@ def test_multi_label_from_lists_and_strings(tmp_path):
     assert load_files(str(strings), problem_type="multi_label").label_names == ("a", "b")
 
 
+def test_an_empty_multi_label_separator_is_named(tmp_path):
+    strings = write_csv(tmp_path / "multi.csv", [(f"t{i}", ["a", "a,b", "b"][i % 3]) for i in range(30)])
+    with pytest.raises(InvalidTaskData, match="label_separator must not be empty for a multi_label task"):
+        load_files(str(strings), problem_type="multi_label", label_separator="")
+
+
 def test_regression_targets(tmp_path):
     path = write_csv(tmp_path / "scores.csv", [(f"t{i}", i / 10) for i in range(30)])
     task = load_files(str(path), problem_type="regression")

@@ -55,6 +55,8 @@ def build_task(
     """
     if on_invalid not in ON_INVALID:
         raise InvalidTaskData(f"on_invalid must be one of {list(ON_INVALID)}, got {on_invalid!r}")
+    if problem_type == "multi_label" and not label_separator:
+        raise InvalidTaskData("label_separator must not be empty for a multi_label task (e.g. `,` for `sports,politics`)")
     if "train" not in raw:
         raise InvalidTaskData(f"task {name!r} needs a train split; got {sorted(raw)}")
     columns = {"text": text_column, "text_pair": text_pair_column, "label": label_column}
