@@ -23,6 +23,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 from transformers import PreTrainedTokenizerBase
 
+from tfbert.checks import is_whole_number
 from tfbert.classifier import INPUT_NAMES, encoder_features, in_slices
 from tfbert.figures import attention_figure, confusion_matrix_figure, png_bytes
 from tfbert.heads import ClassificationHead
@@ -406,7 +407,7 @@ def insight_callbacks(
         attention_maps: validation examples with an attention map (0: none).
     """
     for name, value in (("max_examples", max_examples), ("attention_maps", attention_maps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_whole_number(value, 0):
             raise ValueError(f"insight.{name} must be a whole number, 0 or more (0: none), got {value!r}")
     log_dir = Path(run_dir) / "tensorboard"
     callbacks = []

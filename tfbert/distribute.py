@@ -28,6 +28,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from tfbert.checks import is_whole_number
+
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 # How long a non-chief worker waits for the chief's port before giving up.
 CONNECT_TIMEOUT_SECONDS = 300.0
@@ -98,7 +100,7 @@ def read_tf_config(tf_config: str | None) -> tuple[dict, str, int]:
     task_type, task_index = task.get("type"), task.get("index")
     if task_type not in cluster:
         raise ValueError(f"TF_CONFIG task type {task_type!r} is not a job of the cluster; valid: {sorted(cluster)}")
-    if isinstance(task_index, bool) or not isinstance(task_index, int) or not 0 <= task_index < len(cluster[task_type]):
+    if not is_whole_number(task_index, 0, len(cluster[task_type]) - 1):
         raise ValueError(
             f"TF_CONFIG task index {task_index!r} is out of range for job {task_type!r} of "
             f"{len(cluster[task_type])} address(es); valid: 0..{len(cluster[task_type]) - 1}"

@@ -27,6 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tfbert.checkpoints import best_checkpoint
+from tfbert.checks import is_whole_number
 from tfbert.classifier import INPUT_NAMES, build_classifier, classifier_parts
 from tfbert.model_card import ModelCard
 from tfbert.packed import branch_weights, check_branches, packed_encoder_features
@@ -154,9 +155,9 @@ class Exporter:
     ):
         if name is not None and (not name or "/" in name or name.startswith(".")):
             raise ValueError(f"export name must be a plain directory name, got {name!r}")
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        if version is not None and not is_whole_number(version, 1):
             raise ValueError(f"export version must be a positive integer (TF Serving's layout), got {version!r}")
-        if isinstance(branches, bool) or not isinstance(branches, int) or branches < 1:
+        if not is_whole_number(branches, 1):
             raise ValueError(f"export branches must be a positive integer (best: the serving machine's cores), got {branches!r}")
         self.export_dir = export_dir
         self.name = name

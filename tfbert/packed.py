@@ -28,6 +28,8 @@ import math
 import tensorflow as tf
 import tf_keras
 
+from tfbert.checks import is_whole_number
+
 
 def packed_encoder_features(
     backbone: tf_keras.Model,
@@ -176,7 +178,7 @@ def branch_weights(backbone: tf_keras.Model, branches: int = 1) -> list[list[dic
 def check_branches(backbone: tf_keras.Model, branches: int, what: str = "branches") -> None:
     """ValueError unless `branches` is an integer from 1 to `backbone`'s attention heads."""
     heads = backbone.bert.encoder.layer[0].attention.self_attention.num_attention_heads
-    if isinstance(branches, bool) or not isinstance(branches, int) or not 1 <= branches <= heads:
+    if not is_whole_number(branches, 1, heads):
         raise ValueError(
             f"{what} must be an integer from 1 to the encoder's {heads} attention heads "
             f"(best: the serving machine's cores), got {branches!r}"

@@ -9,6 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfbert.checkpoints import Backup, BestCheckpoint, Preempted, backup_position, best_checkpoint
+from tfbert.checks import is_whole_number
 from tfbert.objectives import checkpoint_monitor, lower_is_better
 from tfbert.pipeline import stream_epochs
 from tfbert.precision import resolve_precision
@@ -49,7 +50,7 @@ def resolve_parallel_slices(parallel_slices: int | str, strategy: str, jit_compi
         if accelerated or strategy != "default" or jit_compile:
             return 1
         return min(cpu_cores(), MAX_AUTO_SLICES)
-    if isinstance(parallel_slices, bool) or not isinstance(parallel_slices, int) or parallel_slices < 1:
+    if not is_whole_number(parallel_slices, 1):
         raise ValueError(f"parallel_slices must be a positive integer or auto, got {parallel_slices!r}")
     return parallel_slices
 
@@ -118,12 +119,9 @@ class Trainer:
             raise ValueError(f"profile_steps must be [first, last] with 0 < first <= last, got {profile_steps}")
         if backup_every_steps < 1:
             raise ValueError(f"backup_every_steps must be positive, got {backup_every_steps}")
-        if isinstance(steps_per_execution, bool) or not isinstance(steps_per_execution, int) or steps_per_execution < 1:
+        if not is_whole_number(steps_per_execution, 1):
             raise ValueError(f"steps_per_execution must be a positive integer, got {steps_per_execution!r}")
-        if tensorboard_update_freq not in ("batch", "epoch") and (
-            isinstance(tensorboard_update_freq, bool) or not isinstance(tensorboard_update_freq, int)
-            or tensorboard_update_freq < 1
-        ):
+        if tensorboard_update_freq not in ("batch", "epoch") and not is_whole_number(tensorboard_update_freq, 1):
             raise ValueError(
                 f"tensorboard_update_freq must be a positive number of batches, batch or epoch, got {tensorboard_update_freq!r}"
             )
