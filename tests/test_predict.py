@@ -1,5 +1,6 @@
 """The predict CLI: texts or files in, labels and probabilities out, from the SavedModel alone."""
 
+import csv
 import json
 import re
 import shutil
@@ -56,6 +57,42 @@ def test_input_files_to_jsonl(name, export_dir, serving, capsys, tmp_path):
         np.testing.assert_allclose(prediction["probabilities"], outputs["probabilities"].numpy()[row], atol=1e-6)
         assert prediction["probability"] == max(prediction["probabilities"])
         assert prediction["label"] in ("negative", "positive")
+
+
+def test_csv_output_has_a_column_per_class(export_dir, capsys, tmp_path):
+    texts = ["a wonderful film", "dull, tedious"]
+    run_cli(capsys, export_dir, *texts, "--output", tmp_path / "predictions.jsonl")
+    run_cli(capsys, export_dir, *texts, "--output", tmp_path / "predictions.csv")
+    expected = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    with (tmp_path / "predictions.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    columns = list(rows[0])
+    assert columns[:3] == ["text", "label", "probability"]
+    assert sorted(columns[3:]) == ["label_id", "logits_0", "logits_1", "probabilities_0", "probabilities_1"]
+    assert [row["text"] for row in rows] == texts  # the comma is quoted, not a column break
+    for row, prediction in zip(rows, expected):
+        assert row["label"] == prediction["label"] and int(row["label_id"]) == prediction["label_id"]
+        np.testing.assert_allclose(
+            [float(row["probabilities_0"]), float(row["probabilities_1"])], prediction["probabilities"], rtol=1e-6
+        )
+        assert float(row["probability"]) == pytest.approx(prediction["probability"])
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("predictions.xlsx", "unknown file type '.xlsx'; valid: .jsonl, .csv"),
+        ("missing/predictions.csv", "the directory .*missing does not exist"),
+    ],
+    ids=["unknown_suffix", "missing_directory"],
+)
+def test_unusable_output_fails_before_predicting(output, message, tmp_path, capsys):
+    # The export does not exist either: the output is checked first, before any model loads.
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "no_export"), "fine", "--output", str(tmp_path / output)])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not list(tmp_path.rglob("predictions.*"))
 
 
 def test_bad_texts_get_defined_predictions(serving, tmp_path, capsys, export_dir):

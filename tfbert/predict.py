@@ -2,6 +2,7 @@
 
     python -m tfbert.predict <export> "a gripping film" "dull and long"
     python -m tfbert.predict <export> --input reviews.csv --output predictions.jsonl
+    python -m tfbert.predict <export> --input reviews.csv --output predictions.csv
 
 <export> is a version directory (`.../sentiment/1`) or the directory holding the
 versions (`.../sentiment`: the highest is used). Inputs:
@@ -9,8 +10,11 @@ versions (`.../sentiment`: the highest is used). Inputs:
     .csv    a header row with a `text` column (and `text_pair` for pair models)
     .jsonl  one object per line with a `text` key (and `text_pair`)
 Prints `label<TAB>probability<TAB>text` per text (`value<TAB>text` for regression);
---output also writes one JSON object per line: the input texts, every output of the
-signature (label, label_id, probabilities, logits, ...) and `probability`, that of label.
+--output also writes, for each text, its input texts, every output of the signature
+(label, label_id, probabilities, logits, ...) and `probability`, that of label:
+    .jsonl  one JSON object per line
+    .csv    one row per text; a per-class output takes a column per class, numbered by
+            label id (`probabilities_0`, `probabilities_1`, ...: the model card names them)
 Any string gets a prediction: empty or whitespace-only texts are classified from
 [CLS] [SEP] alone, bytes that are not UTF-8 are dropped, long texts are truncated.
 """
@@ -29,6 +33,8 @@ import tensorflow_text  # noqa: F401  (registers the in-graph tokenizer's ops)
 from tfbert.threads import cpu_cores, one_thread_per_op
 
 INPUT_SUFFIXES = (".txt", ".csv", ".jsonl")
+OUTPUT_SUFFIXES = (".jsonl", ".csv")
+CSV_FIRST_COLUMNS = ("text", "text_pair", "label", "probability", "value")
 
 
 class InvalidInput(ValueError):
@@ -117,6 +123,41 @@ def json_value(value):
     return value.decode("utf-8") if isinstance(value, bytes) else value.tolist()
 
 
+def check_output(path: Path) -> None:
+    """Fail before any prediction runs if `path` cannot take them: its type or its directory."""
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise InvalidInput(f"--output {path}: unknown file type {path.suffix!r}; valid: {', '.join(OUTPUT_SUFFIXES)}")
+    if not path.parent.is_dir():
+        raise InvalidInput(f"--output {path}: the directory {path.parent} does not exist")
+
+
+def write_predictions(path: Path, predictions: list[dict]) -> None:
+    """`predictions` as JSON lines or, for a .csv path, as a table (see the module doc)."""
+    if path.suffix == ".csv":
+        rows = [csv_row(prediction) for prediction in predictions]
+        with path.open("w", encoding="utf-8", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        lines = [json.dumps(prediction, ensure_ascii=False) + "\n" for prediction in predictions]
+        path.write_text("".join(lines), encoding="utf-8")
+
+
+def csv_row(prediction: dict) -> dict:
+    """A prediction as a table row: texts, the answer (label and probability, or value), then
+    the other outputs; each list output spread over columns `<name>_<label id>`."""
+    first = [name for name in CSV_FIRST_COLUMNS if name in prediction]
+    row = {}
+    for name in first + [name for name in prediction if name not in first]:
+        value = prediction[name]
+        if isinstance(value, list):
+            row.update({f"{name}_{index}": item for index, item in enumerate(value)})
+        else:
+            row[name] = value
+    return row
+
+
 def _summary(prediction: dict) -> str:
     """`label<TAB>probability` for classifiers, the value for regression."""
     if "label" in prediction:
@@ -131,7 +172,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("export", type=Path, help="an export version dir, or the dir holding the versions")
     parser.add_argument("texts", nargs="*", help="texts to classify")
     parser.add_argument("--input", type=Path, help=f"a file of texts ({', '.join(INPUT_SUFFIXES)})")
-    parser.add_argument("--output", type=Path, help="also write the predictions here, one JSON object per line")
+    parser.add_argument(
+        "--output", type=Path, help=f"also write the predictions to this file ({', '.join(OUTPUT_SUFFIXES)})"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="texts per model call (default: 32)")
     arguments = parser.parse_args(argv)
     if arguments.batch_size < 1:
@@ -141,6 +184,8 @@ def main(argv: list[str]) -> None:
     # Exports run each encoder layer as parallel branches (tfbert.packed): one thread per op.
     one_thread_per_op(cpu_cores())
     try:
+        if arguments.output:
+            check_output(arguments.output)
         serving = load_serving(arguments.export)
         columns = text_columns(serving)
         if arguments.input:
@@ -156,8 +201,10 @@ def main(argv: list[str]) -> None:
     for prediction in predictions:
         print(f"{_summary(prediction)}\t{prediction['text'][:80]!r}")
     if arguments.output:
-        lines = [json.dumps(prediction, ensure_ascii=False) + "\n" for prediction in predictions]
-        arguments.output.write_text("".join(lines), encoding="utf-8")
+        try:
+            write_predictions(arguments.output, predictions)
+        except OSError as error:
+            parser.error(f"--output {arguments.output}: {error}")
 
 
 if __name__ == "__main__":
