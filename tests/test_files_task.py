@@ -153,6 +153,35 @@ def test_unknown_format(tmp_path):
         load_files(str(path))
 
 
+@pytest.mark.parametrize(
+    "sizes, message",
+    [
+        ({"validation_size": 1.5}, "task.validation_size must be a fraction between 0 and 1, got 1.5"),
+        ({"test_size": 0}, "task.test_size must be a fraction between 0 and 1, got 0"),
+        (
+            {"validation_size": 0.5, "test_size": 0.5},
+            "leave no rows to train on: test_size 0.5 \\+ validation_size 0.5 = 1",
+        ),
+    ],
+)
+def test_bad_held_out_fractions_are_named(tmp_path, sizes, message):
+    with pytest.raises(InvalidTaskData, match=message):
+        load_files(str(write_csv(tmp_path / "train.csv", topic_rows())), **sizes)
+
+
+@pytest.mark.parametrize("max_length", [2, 2.5])
+def test_a_bad_max_length_is_named(tmp_path, max_length):
+    with pytest.raises(InvalidTaskData, match=f"max_length must be a whole number, at least 3 .*got {max_length}"):
+        load_files(str(write_csv(tmp_path / "train.csv", topic_rows())), max_length=max_length)
+
+
+def test_held_out_fractions_of_given_splits_are_not_used(tmp_path):
+    train = write_csv(tmp_path / "train.csv", topic_rows())
+    test = write_csv(tmp_path / "test.csv", topic_rows(12))
+    task = load_files(str(train), test_file=str(test), test_size=2.0, validation_size=0.5)
+    assert len(task.splits["test"]) == 12 and len(task.splits["validation"]) == 30
+
+
 def test_stratified_split_is_datasets_own_split():
     """carve() reads the labels at once, but holds out exactly what datasets' train_test_split would."""
     import datasets

@@ -1,6 +1,8 @@
 """The heads beyond pooler/cls/mean/max, the MLP every head can put before its logits,
 and the hidden_states the classifier hands only to the heads that read them."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -120,6 +122,12 @@ def test_bad_mlp_widths_are_named():
 def test_a_bad_activation_is_named_even_without_an_mlp():
     with pytest.raises(ValueError, match="activation must be a tf_keras activation name .* got 'nope'"):
         ClsHead(3, activation="nope")
+
+
+@pytest.mark.parametrize("dropout", [1.5, 1.0, -0.1, "0.1"])
+def test_a_bad_dropout_rate_is_named(dropout):
+    with pytest.raises(ValueError, match=rf"dropout must be a rate in \[0, 1\), got {re.escape(repr(dropout))}"):
+        ClsHead(3, dropout=dropout)
 
 
 def head_model(head, hidden=8, layers=2):

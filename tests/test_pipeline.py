@@ -59,7 +59,11 @@ def test_no_autotuning_so_finished_iterators_free_at_once():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"batch_size": 0}, "batch_size must be positive"), ({"bucket_boundaries": [32, 16]}, "must increase")],
+    [
+        ({"batch_size": 0}, "batch_size must be a whole number above 0, got 0"),
+        ({"batch_size": 2.5}, "batch_size must be a whole number above 0, got 2.5"),
+        ({"bucket_boundaries": [32, 16]}, "must increase"),
+    ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -87,6 +87,13 @@ def test_more_export_branches_than_heads_fail_before_training(snippets_file, tmp
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
 
 
+def test_a_max_length_beyond_the_position_embeddings_fails_before_training(snippets_file, tmp_path):
+    cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", "task.max_length=600", f"run_dir={tmp_path}")
+    with pytest.raises(ValueError, match="task.max_length=600 is longer .* 512 position embeddings; set task.max_length to 512"):
+        run(cfg)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
+
+
 @pytest.mark.slow
 def test_default_minilm_trains_a_few_steps(vader_cache, tmp_path):
     cfg = compose_config(

@@ -124,6 +124,17 @@ def load_backbone(
     return model
 
 
+def check_max_length(max_length: int, backbone: TFBertModel) -> None:
+    """ValueError unless sequences of `max_length` tokens fit the encoder's position embeddings
+    (a longer one would fail inside a training step, at the first batch that long)."""
+    positions = backbone.config.max_position_embeddings
+    if max_length > positions:
+        raise ValueError(
+            f"task.max_length={max_length} is longer than this encoder takes: it has {positions} "
+            f"position embeddings; set task.max_length to {positions} or less"
+        )
+
+
 def _freeze(model: TFBertModel, freeze: str, trainable_layers: int | None) -> None:
     """Mark what does not train as non-trainable (see load_backbone)."""
     if freeze == "all":

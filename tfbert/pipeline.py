@@ -8,6 +8,7 @@ import datasets
 import numpy as np
 import tensorflow as tf
 
+from tfbert.checks import is_whole_number
 from tfbert.tasks.task_data import column
 
 
@@ -31,8 +32,8 @@ class Pipeline:
         seed: int = 0,
         pad_to_bucket_boundary: bool = False,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not is_whole_number(batch_size, 1):
+            raise ValueError(f"batch_size must be a whole number above 0, got {batch_size!r}")
         if list(bucket_boundaries) != sorted(set(bucket_boundaries)) or min(bucket_boundaries, default=1) < 1:
             raise ValueError(f"bucket_boundaries must increase and be positive, got {bucket_boundaries}")
         self.batch_size = batch_size

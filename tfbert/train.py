@@ -9,6 +9,7 @@ import tf_keras
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tfbert.backbone import check_max_length
 from tfbert.callbacks import flat_hparams
 from tfbert.checkpoints import write_json
 from tfbert.classifier import build_classifier
@@ -72,6 +73,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
     # The model, optimizer, metrics and checkpoints are created in the strategy's scope.
     with strategy.scope():
         backbone = instantiate(cfg.model)
+        check_max_length(task.max_length, backbone)  # before training, not at the first long batch
         head = instantiate(cfg.head)(num_outputs=task.num_outputs)
         model = build_classifier(backbone, head)
         exporter.check(backbone)  # export.branches against the encoder's heads, before training

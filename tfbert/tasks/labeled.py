@@ -17,6 +17,7 @@ from tfbert.tasks.task_data import (
     InvalidTaskData,
     TaskData,
     carve,
+    check_held_out,
     column,
     limit_train_samples,
 )
@@ -92,8 +93,10 @@ def build_task(
             )
 
     provenance = {split: sources[split] for split in splits}
+    carved = (("test", test_size), ("validation", validation_size))
+    check_held_out(**{f"{split}_size": size for split, size in carved if split not in splits})
     remaining = 1.0  # fraction of the original train split still in splits["train"]
-    for split, size in (("test", test_size), ("validation", validation_size)):
+    for split, size in carved:
         if split not in splits:
             splits["train"], splits[split] = carve(splits["train"], size / remaining, split_seed)
             remaining -= size

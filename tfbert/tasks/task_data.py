@@ -8,6 +8,8 @@ import datasets
 import numpy as np
 from datasets.utils.stratify import stratified_shuffle_split_generate_indices
 
+from tfbert.checks import is_whole_number
+
 SPLITS = ("train", "validation", "test")
 PROBLEM_TYPES = ("single_label", "multi_label", "regression")
 
@@ -75,8 +77,8 @@ class TaskData:
                         f"({self.label_names[only]!r}, {counts[only]} examples); "
                         f"a classifier needs at least two of {list(self.label_names)}"
                     )
-        if self.max_length < 3:
-            raise InvalidTaskData(f"max_length must be at least 3 ([CLS] x [SEP]), got {self.max_length}")
+        if not is_whole_number(self.max_length, 3):
+            raise InvalidTaskData(f"max_length must be a whole number, at least 3 ([CLS] x [SEP]), got {self.max_length!r}")
         if not 0 < self.threshold < 1:
             raise InvalidTaskData(f"threshold must be between 0 and 1, got {self.threshold}")
         self.class_weights()  # validates class_weight early
@@ -124,10 +126,22 @@ class TaskData:
         }
 
 
+def check_held_out(**sizes: float) -> None:
+    """InvalidTaskData unless each held-out fraction (validation_size=..., test_size=...) is
+    in (0, 1) and together they leave rows to train on."""
+    for name, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, (int, float)) or not 0 < size < 1:
+            raise InvalidTaskData(f"task.{name} must be a fraction between 0 and 1, got {size!r}")
+    if sum(sizes.values()) >= 1:
+        given = " + ".join(f"{name} {size:g}" for name, size in sizes.items())
+        raise InvalidTaskData(f"the held-out fractions leave no rows to train on: {given} = {sum(sizes.values()):g}")
+
+
 def split_train_validation_test(
     dataset: datasets.Dataset, validation_size: float, test_size: float, seed: int
 ) -> datasets.DatasetDict:
     """A seeded train/validation/test split of one dataset, stratified for class labels."""
+    check_held_out(validation_size=validation_size, test_size=test_size)
     held_out = validation_size + test_size
     first = _split(dataset, held_out, seed)
     second = _split(first["test"], test_size / held_out, seed)
