@@ -59,9 +59,9 @@ def interrupt_after_first_backup(data_file, run_dir, signum) -> tuple[int, str]:
 
 
 def metrics(run_dir: Path) -> dict:
-    """The evaluation results of a run (not its timings)."""
+    """The evaluation results of a run and the epochs it trained (not its timings)."""
     results = json.loads((run_dir / "metrics.json").read_text())
-    return {split: results[split] for split in ("validation", "test")}
+    return {key: results[key] for key in ("validation", "test", "train_epochs")}
 
 
 class Workspace:

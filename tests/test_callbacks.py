@@ -173,6 +173,52 @@ def test_a_validating_callback_replaces_keras_validation(tmp_path):
     assert ValidationInsights.validates
 
 
+@pytest.mark.parametrize("monitor, values, epochs_run, best", [
+    ("val_accuracy", [0.5, 0.7, 0.6, 0.7, 0.9, 0.9], 4, 0.7),  # no gain at epochs 3 and 4
+    ("val_loss", [0.9, 0.8, 0.5, 0.6, 0.4, 0.3], 6, 0.3),  # each plateau shorter than the patience
+])
+def test_early_stopping_follows_the_monitor(tmp_path, monitor, values, epochs_run, best):
+    """Validation metrics come from a callback (as ValidationInsights logs them); the run stops
+    after `patience` epochs without a gain, its backup is gone and the best epoch stays best."""
+    import json
+
+    import tf_keras
+
+    from tests.conftest import MINILM, TINY_CONFIG
+    from tfbert.backbone import load_backbone
+    from tfbert.classifier import build_classifier
+    from tfbert.heads import ClsHead
+    from tfbert.optimization import create_adamw
+    from tfbert.trainer import Trainer
+
+    classifier = build_classifier(load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG), ClsHead(2))
+
+    class Validator(tf_keras.callbacks.Callback):
+        validates = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs.update(val_loss=values[epoch], val_accuracy=values[epoch])
+
+    ids = np.full((2, 6), 1000, np.int32)
+    tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    train = tf.data.Dataset.from_tensor_slices((tokens, np.array([0, 1], np.int32))).batch(2)
+    history = Trainer(epochs=6, monitor=monitor, early_stopping_patience=2).fit(
+        classifier, create_adamw(num_train_steps=6), *loss_and_metrics("single_label"), train, 1, train,
+        tmp_path, callbacks=[Validator()],
+    )
+    assert history.history[monitor] == values[:epochs_run]
+    assert json.loads((tmp_path / "checkpoints" / "best.json").read_text())["value"] == pytest.approx(best)
+    assert not (tmp_path / "backup").exists()
+
+
+@pytest.mark.parametrize("patience", [0, 1.5, "2"])
+def test_a_bad_early_stopping_patience_is_named(patience):
+    from tfbert.trainer import Trainer
+
+    with pytest.raises(ValueError, match=f"early_stopping_patience must be a whole number of epochs above 0, or null, got {patience!r}"):
+        Trainer(early_stopping_patience=patience)
+
+
 @pytest.mark.parametrize("monitor", ["val_f1", "val_f1_macro"])
 def test_a_monitor_the_run_does_not_log_fails_before_training(tmp_path, monitor):
     """Checked against the compiled metrics and what the callbacks declare they log; the

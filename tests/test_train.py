@@ -37,6 +37,7 @@ def test_metrics_json(tiny_run):
     assert matrix.shape == (2, 2) and matrix.sum() == test["examples"] == 24
     assert test["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
     assert 0 < metrics["train_padding_efficiency"] <= 1
+    assert metrics["train_epochs"] == 3
 
 
 def test_tensorboard_logs_and_best_checkpoint_restored(tiny_run):

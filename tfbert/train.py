@@ -92,7 +92,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
             monitor=trainer.monitor, hparams=flat_hparams(cfg),
         )
         started = time.perf_counter()
-        trainer.fit(
+        history = trainer.fit(
             fit_model,
             optimizer,
             loss=loss,
@@ -114,6 +114,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
         "test": evaluate(model, test_data, *label_info),
         "train_padding_efficiency": stats["padding_efficiency"],
         "train_seconds": round(train_seconds, 1),
+        "train_epochs": history.epoch[-1] + 1,  # fewer than trainer.epochs after early stopping
         "train_precision": trainer.precision,
     }
     write_json(run_dir / "metrics.json", metrics)

@@ -62,6 +62,9 @@ class Trainer:
         epochs: passes over the training split.
         monitor: validation metric that picks the best checkpoint (`val_accuracy`,
             `val_loss`, ...); None: `val_accuracy` when the model reports accuracy, else `val_loss`.
+        early_stopping_patience: stop once `monitor` has not improved for this many
+            epochs (the best checkpoint is restored as always); None: train every epoch.
+            The count starts over when a run resumes from its backup.
         jit_compile: compile train/eval steps with XLA.
         steps_per_execution: batches run per tf.function call (fewer Python round trips).
         tensorboard_update_freq: log training scalars every this many batches, or `epoch`.
@@ -93,6 +96,7 @@ class Trainer:
         self,
         epochs: int = 2,
         monitor: str | None = None,
+        early_stopping_patience: int | None = None,
         jit_compile: bool = False,
         steps_per_execution: int = 1,
         tensorboard_update_freq: int | str = 50,
@@ -110,6 +114,10 @@ class Trainer:
             raise ValueError(f"epochs must be positive, got {epochs}")
         if monitor is not None and not monitor.startswith("val_"):
             raise ValueError(f"monitor must name a validation metric such as val_accuracy, got {monitor!r}")
+        if early_stopping_patience is not None and not is_whole_number(early_stopping_patience, 1):
+            raise ValueError(
+                f"early_stopping_patience must be a whole number of epochs above 0, or null, got {early_stopping_patience!r}"
+            )
         if resume not in RESUME:
             raise ValueError(f"resume must be one of {list(RESUME)}, got {resume!r}")
         policy, reason = resolve_precision(precision, strategy)
@@ -127,6 +135,7 @@ class Trainer:
             )
         self.epochs = epochs
         self.monitor = monitor
+        self.early_stopping_patience = early_stopping_patience
         self.jit_compile = jit_compile
         self.steps_per_execution = steps_per_execution
         self.tensorboard_update_freq = tensorboard_update_freq
@@ -217,6 +226,9 @@ class Trainer:
         validated_by_callback = any(getattr(callback, "validates", False) for callback in callbacks)
         nan_guard = StopOnNonFiniteLoss()
         backup = Backup(backup_dir, save_freq=self.backup_every_steps)
+        early_stopping = [
+            tf_keras.callbacks.EarlyStopping(monitor, patience=self.early_stopping_patience, mode=mode)
+        ] if self.early_stopping_patience else []
         history = model.fit(
             stream_epochs(train_data, self.epochs, skip_batches=done),
             epochs=self.epochs,
@@ -227,6 +239,7 @@ class Trainer:
                 nan_guard,
                 backup,
                 BestCheckpoint(run_dir / "checkpoints", monitor, mode, checkpoint_model),
+                *early_stopping,
                 tf_keras.callbacks.TensorBoard(
                     log_dir=str(run_dir / "tensorboard"),
                     update_freq=self.tensorboard_update_freq,
@@ -249,6 +262,11 @@ class Trainer:
                 f"Last good backup: {backup_dir}; best checkpoint so far: "
                 f"{(run_dir / 'checkpoints' / 'best.json') if (run_dir / 'checkpoints' / 'best.json').exists() else 'none'}. "
                 "Try a lower optimizer.learning_rate."
+            )
+        if early_stopping and early_stopping[0].stopped_epoch:
+            log.info(
+                "early stopping after epoch %d of %d: %s did not improve for %d epochs",
+                early_stopping[0].stopped_epoch + 1, self.epochs, monitor, self.early_stopping_patience,
             )
         (checkpoint_model or model).load_weights(str(best_checkpoint(run_dir))).expect_partial()
         return history
