@@ -116,7 +116,8 @@ class Trainer:
             raise ValueError(f"monitor must name a validation metric such as val_accuracy, got {monitor!r}")
         if early_stopping_patience is not None and not is_whole_number(early_stopping_patience, 1):
             raise ValueError(
-                f"early_stopping_patience must be a whole number of epochs above 0, or null, got {early_stopping_patience!r}"
+                "early_stopping_patience must be a whole number of epochs above 0, or null, "
+                f"got {early_stopping_patience!r}"
             )
         if resume not in RESUME:
             raise ValueError(f"resume must be one of {list(RESUME)}, got {resume!r}")

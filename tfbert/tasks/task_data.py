@@ -78,7 +78,9 @@ class TaskData:
                         f"a classifier needs at least two of {list(self.label_names)}"
                     )
         if not is_whole_number(self.max_length, 3):
-            raise InvalidTaskData(f"max_length must be a whole number, at least 3 ([CLS] x [SEP]), got {self.max_length!r}")
+            raise InvalidTaskData(
+                f"max_length must be a whole number, at least 3 ([CLS] x [SEP]), got {self.max_length!r}"
+            )
         if not 0 < self.threshold < 1:
             raise InvalidTaskData(f"threshold must be between 0 and 1, got {self.threshold}")
         self.class_weights()  # validates class_weight early
