@@ -110,6 +110,22 @@ def test_two_workers_over_loopback_match_one_worker(single_device_losses, snippe
     assert not (run_dir / "tensorboard" / "workertemp_1").exists()
 
 
+def test_two_workers_stop_early_together(snippets_file, tmp_path):
+    """Both workers read the same all-reduced validation metrics, so early stopping ends the
+    run on both at the same epoch (one stopping alone would leave the other waiting)."""
+    run_dir = tmp_path / "run"
+    frozen_metrics = [  # a learning rate this small leaves validation accuracy as it was: no gain
+        "optimizer.learning_rate=1e-12", "trainer.epochs=6", "trainer.early_stopping_patience=1",
+    ]
+    command = [
+        sys.executable, str(LAUNCHER), "--workers", "2", "--timeout", "540", "--log-dir", str(tmp_path / "logs"),
+        "--", *COMPARABLE_RUN, *frozen_metrics, f"task.data_file={snippets_file}", f"run_dir={run_dir}",
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["train_epochs"] == 2
+
+
 def test_tpu_without_a_tpu_names_what_it_looked_for():
     script = "import tfbert\nfrom tfbert.distribute import build_strategy\nbuild_strategy('tpu')"
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
