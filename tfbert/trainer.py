@@ -110,8 +110,8 @@ class Trainer:
         profile_steps: list[int] | None = None,
         parallel_slices: int | str = 1,
     ):
-        if epochs < 1:
-            raise ValueError(f"epochs must be positive, got {epochs}")
+        if not is_whole_number(epochs, 1):
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         if monitor is not None and not monitor.startswith("val_"):
             raise ValueError(f"monitor must name a validation metric such as val_accuracy, got {monitor!r}")
         if early_stopping_patience is not None and not is_whole_number(early_stopping_patience, 1):
@@ -122,12 +122,17 @@ class Trainer:
         if resume not in RESUME:
             raise ValueError(f"resume must be one of {list(RESUME)}, got {resume!r}")
         policy, reason = resolve_precision(precision, strategy)
-        if grad_accum_steps < 1:
-            raise ValueError(f"grad_accum_steps must be positive, got {grad_accum_steps}")
-        if profile_steps is not None and (len(profile_steps) != 2 or not 0 < profile_steps[0] <= profile_steps[1]):
-            raise ValueError(f"profile_steps must be [first, last] with 0 < first <= last, got {profile_steps}")
-        if backup_every_steps < 1:
-            raise ValueError(f"backup_every_steps must be positive, got {backup_every_steps}")
+        if not is_whole_number(grad_accum_steps, 1):
+            raise ValueError(f"grad_accum_steps must be a positive integer, got {grad_accum_steps!r}")
+        if profile_steps is not None:
+            profile_steps = list(profile_steps)  # a Hydra ListConfig too
+            pair = len(profile_steps) == 2 and all(is_whole_number(step, 1) for step in profile_steps)
+            if not pair or profile_steps[0] > profile_steps[1]:
+                raise ValueError(
+                    f"profile_steps must be [first, last], integers with 0 < first <= last, got {profile_steps}"
+                )
+        if not is_whole_number(backup_every_steps, 1):
+            raise ValueError(f"backup_every_steps must be a positive integer, got {backup_every_steps!r}")
         if not is_whole_number(steps_per_execution, 1):
             raise ValueError(f"steps_per_execution must be a positive integer, got {steps_per_execution!r}")
         if tensorboard_update_freq not in ("batch", "epoch") and not is_whole_number(tensorboard_update_freq, 1):
