@@ -1,4 +1,9 @@
-"""A check that config values share: is it a whole number in range."""
+"""Checks that config values share: is it a number, a whole number in range."""
+
+
+def is_number(value) -> bool:
+    """Whether `value` is an int or a float (a bool is not, though Python counts it as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def is_whole_number(value, low: int, high: int | None = None) -> bool:

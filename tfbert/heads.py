@@ -15,6 +15,8 @@ get_config/from_config.
 import tensorflow as tf
 import tf_keras
 
+from tfbert.checks import is_number
+
 PACKAGE = "tfbert"
 
 
@@ -50,7 +52,7 @@ class ClassificationHead(tf_keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         hidden_units = [int(units) for units in hidden_units]  # also turns a Hydra ListConfig into a list
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        if not is_number(dropout) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a rate in [0, 1), got {dropout!r}")
         if any(units < 1 for units in hidden_units):
             raise ValueError(f"hidden_units must all be positive layer widths, got {hidden_units}")

@@ -8,6 +8,8 @@ import tensorflow as tf
 import tf_keras
 from transformers.optimization_tf import WarmUp
 
+from tfbert.checks import is_number
+
 # LayerNorm scales/offsets and biases are not decayed (as in BERT).
 NO_WEIGHT_DECAY = ["LayerNorm", "layer_norm", "bias"]
 # Where TFBertModel keeps its variables: `.../bert/embeddings/...`, `.../bert/encoder/layer_._3/...`.
@@ -72,7 +74,7 @@ def create_adamw(
 def _checked(name: str, value) -> float:
     """`value` of the setting `name` as a float (a config may give an int), if VALID_SETTINGS allows it."""
     valid, allowed = VALID_SETTINGS[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
+    if not is_number(value) or not valid(value):
         raise ValueError(f"optimizer {name} must be {allowed}, got {value!r}")
     return float(value)
 

@@ -232,9 +232,10 @@ class Trainer:
         validated_by_callback = any(getattr(callback, "validates", False) for callback in callbacks)
         nan_guard = StopOnNonFiniteLoss()
         backup = Backup(backup_dir, save_freq=self.backup_every_steps)
-        early_stopping = [
-            tf_keras.callbacks.EarlyStopping(monitor, patience=self.early_stopping_patience, mode=mode)
-        ] if self.early_stopping_patience else []
+        # Without a patience it waits all the epochs there are: it never stops a run.
+        early_stopping = tf_keras.callbacks.EarlyStopping(
+            monitor, patience=self.early_stopping_patience or self.epochs, mode=mode
+        )
         history = model.fit(
             stream_epochs(train_data, self.epochs, skip_batches=done),
             epochs=self.epochs,
@@ -245,7 +246,7 @@ class Trainer:
                 nan_guard,
                 backup,
                 BestCheckpoint(run_dir / "checkpoints", monitor, mode, checkpoint_model),
-                *early_stopping,
+                early_stopping,
                 tf_keras.callbacks.TensorBoard(
                     log_dir=str(run_dir / "tensorboard"),
                     update_freq=self.tensorboard_update_freq,
@@ -269,10 +270,10 @@ class Trainer:
                 f"{(run_dir / 'checkpoints' / 'best.json') if (run_dir / 'checkpoints' / 'best.json').exists() else 'none'}. "
                 "Try a lower optimizer.learning_rate."
             )
-        if early_stopping and early_stopping[0].stopped_epoch:
+        if early_stopping.stopped_epoch:
             log.info(
                 "early stopping after epoch %d of %d: %s did not improve for %d epochs",
-                early_stopping[0].stopped_epoch + 1, self.epochs, monitor, self.early_stopping_patience,
+                early_stopping.stopped_epoch + 1, self.epochs, monitor, self.early_stopping_patience,
             )
         (checkpoint_model or model).load_weights(str(best_checkpoint(run_dir))).expect_partial()
         return history

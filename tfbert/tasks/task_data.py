@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 from datasets.utils.stratify import stratified_shuffle_split_generate_indices
 
-from tfbert.checks import is_whole_number
+from tfbert.checks import is_number, is_whole_number
 
 SPLITS = ("train", "validation", "test")
 PROBLEM_TYPES = ("single_label", "multi_label", "regression")
@@ -132,7 +132,7 @@ def check_held_out(**sizes: float) -> None:
     """InvalidTaskData unless each held-out fraction (validation_size=..., test_size=...) is
     in (0, 1) and together they leave rows to train on."""
     for name, size in sizes.items():
-        if isinstance(size, bool) or not isinstance(size, (int, float)) or not 0 < size < 1:
+        if not is_number(size) or not 0 < size < 1:
             raise InvalidTaskData(f"task.{name} must be a fraction between 0 and 1, got {size!r}")
     if sum(sizes.values()) >= 1:
         given = " + ".join(f"{name} {size:g}" for name, size in sizes.items())
