@@ -95,6 +95,13 @@ def test_a_max_length_beyond_the_position_embeddings_fails_before_training(snipp
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
 
 
+def test_a_fractional_batch_size_is_named_before_the_replicas_are_counted(snippets_file, tmp_path):
+    cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", "pipeline.batch_size=3.5", f"run_dir={tmp_path}")
+    with pytest.raises(Exception, match="batch_size must be a whole number above 0, got 3.5"):
+        run(cfg)
+    assert not tmp_path.joinpath("config.yaml").exists()
+
+
 @pytest.mark.slow
 def test_default_minilm_trains_a_few_steps(vader_cache, tmp_path):
     cfg = compose_config(

@@ -33,19 +33,20 @@ def run(cfg: DictConfig) -> dict:
     outputs in cfg.run_dir, the others' go to temporary dirs (see tfbert.distribute).
     """
     trainer = instantiate(cfg.trainer)  # first: it may switch on op determinism
+    pipeline = instantiate(cfg.pipeline)  # a bad batch size is named before anything else
     # Before any other TensorFlow work: multi_worker configures the TensorFlow runtime.
     strategy = build_strategy(trainer.strategy, trainer.tpu)
-    check_global_batch(cfg.pipeline.batch_size, strategy)
+    check_global_batch(pipeline.batch_size, strategy)
     run_dir = Path(cfg.run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SystemExit(f"tfbert: cannot create run_dir {run_dir}: {error.strerror}") from None
     with worker_dir(run_dir, strategy) as output_dir:
-        return train_evaluate_export(cfg, trainer, strategy, output_dir)
+        return train_evaluate_export(cfg, trainer, pipeline, strategy, output_dir)
 
 
-def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Strategy, run_dir: Path) -> dict:
+def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distribute.Strategy, run_dir: Path) -> dict:
     """The body of run(): this process writes to `run_dir`; the model lives in `strategy`'s scope."""
     # What `python -m tfbert.export run_dir=...` rebuilds the model from.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -60,7 +61,6 @@ def train_evaluate_export(cfg: DictConfig, trainer, strategy: tf.distribute.Stra
     for split, rows in tokenized.items():
         if truncated := preprocessor.count_truncated(rows):
             log.info("%s: %d of %d examples truncated to max_length %d", split, truncated, len(rows), task.max_length)
-    pipeline = instantiate(cfg.pipeline)
     train_data = pipeline(tokenized["train"], training=True)
     validation_data = pipeline(tokenized["validation"])
     test_data = pipeline(tokenized["test"])
