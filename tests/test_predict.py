@@ -12,12 +12,14 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import EXPORT_MAX_LENGTH as MAX_LENGTH
-from tfbert.predict import find_saved_model, load_serving, main, predict
+from tfbert.predict import csv_row, find_saved_model, load_serving, main, predict
 
 
 @pytest.fixture(scope="module")
 def serving(export_dir):
-    return load_serving(export_dir)
+    serving, class_names = load_serving(export_dir)
+    assert class_names == ["negative", "positive"]  # the export's label_names, in label-id order
+    return serving
 
 
 def run_cli(capsys, *argv) -> list[str]:
@@ -68,14 +70,24 @@ def test_csv_output_has_a_column_per_class(export_dir, capsys, tmp_path):
         rows = list(csv.DictReader(file))
     columns = list(rows[0])
     assert columns[:3] == ["text", "label", "probability"]
-    assert sorted(columns[3:]) == ["label_id", "logits_0", "logits_1", "probabilities_0", "probabilities_1"]
+    assert sorted(columns[3:]) == [
+        "label_id", "logits_negative", "logits_positive", "probabilities_negative", "probabilities_positive"
+    ]
     assert [row["text"] for row in rows] == texts  # the comma is quoted, not a column break
     for row, prediction in zip(rows, expected):
         assert row["label"] == prediction["label"] and int(row["label_id"]) == prediction["label_id"]
         np.testing.assert_allclose(
-            [float(row["probabilities_0"]), float(row["probabilities_1"])], prediction["probabilities"], rtol=1e-6
+            [float(row["probabilities_negative"]), float(row["probabilities_positive"])], prediction["probabilities"], rtol=1e-6
         )
         assert float(row["probability"]) == pytest.approx(prediction["probability"])
+
+
+def test_csv_columns_of_an_export_without_class_names_are_numbered_by_label_id():
+    prediction = {"text": "fine", "label": "b", "probability": 0.75, "label_id": 1, "probabilities": [0.25, 0.75]}
+    assert csv_row(prediction) == {
+        "text": "fine", "label": "b", "probability": 0.75, "label_id": 1, "probabilities_0": 0.25, "probabilities_1": 0.75
+    }
+    assert list(csv_row(prediction, ["a", "b"]))[-2:] == ["probabilities_a", "probabilities_b"]
 
 
 @pytest.mark.parametrize(

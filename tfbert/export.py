@@ -82,7 +82,8 @@ class ServingModule(tf.Module):
         if problem_type not in PROBLEM_TYPES:
             raise ValueError(f"problem_type must be one of {list(PROBLEM_TYPES)}, got {problem_type!r}")
         self.tokenizer = tokenizer
-        self.label_names = tf.constant(list(label_names))
+        # A variable, not a constant: a loaded export names its classes (tfbert.predict's CSV columns).
+        self.label_names = tf.Variable(list(label_names), trainable=False, name="label_names")
         self.text_columns = tuple(text_columns)
         self.problem_type = problem_type
         self.threshold = threshold

@@ -13,8 +13,8 @@ Prints `label<TAB>probability<TAB>text` per text (`value<TAB>text` for regressio
 --output also writes, for each text, its input texts, every output of the signature
 (label, label_id, probabilities, logits, ...) and `probability`, that of label:
     .jsonl  one JSON object per line
-    .csv    one row per text; a per-class output takes a column per class, numbered by
-            label id (`probabilities_0`, `probabilities_1`, ...: the model card names them)
+    .csv    one row per text; a per-class output takes a column per class, named
+            `<output>_<class>` (`probabilities_negative`, `probabilities_positive`, ...)
 Any string gets a prediction: empty or whitespace-only texts are classified from
 [CLS] [SEP] alone, bytes that are not UTF-8 are dropped, long texts are truncated.
 """
@@ -54,8 +54,12 @@ def find_saved_model(path: Path) -> Path:
 
 
 def load_serving(path: Path):
-    """The `serving_default` signature of the export at `path`: string columns -> outputs."""
-    return tf.saved_model.load(str(find_saved_model(path))).signatures["serving_default"]
+    """The `serving_default` signature of the export at `path` (string columns -> outputs) and
+    its class names in label-id order (None from exports older than tfbert's `label_names`)."""
+    loaded = tf.saved_model.load(str(find_saved_model(path)))
+    label_names = getattr(loaded, "label_names", None)
+    class_names = None if label_names is None else [name.decode("utf-8") for name in label_names.numpy()]
+    return loaded.signatures["serving_default"], class_names
 
 
 def text_columns(serving) -> list[str]:
@@ -131,10 +135,10 @@ def check_output(path: Path) -> None:
         raise InvalidInput(f"--output {path}: the directory {path.parent} does not exist")
 
 
-def write_predictions(path: Path, predictions: list[dict]) -> None:
+def write_predictions(path: Path, predictions: list[dict], class_names: list[str] | None = None) -> None:
     """`predictions` as JSON lines or, for a .csv path, as a table (see the module doc)."""
     if path.suffix == ".csv":
-        rows = [csv_row(prediction) for prediction in predictions]
+        rows = [csv_row(prediction, class_names) for prediction in predictions]
         with path.open("w", encoding="utf-8", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -144,15 +148,16 @@ def write_predictions(path: Path, predictions: list[dict]) -> None:
         path.write_text("".join(lines), encoding="utf-8")
 
 
-def csv_row(prediction: dict) -> dict:
+def csv_row(prediction: dict, class_names: list[str] | None = None) -> dict:
     """A prediction as a table row: texts, the answer (label and probability, or value), then
-    the other outputs; each list output spread over columns `<name>_<label id>`."""
+    the other outputs; each per-class list spread over columns `<name>_<class>`, the class
+    named by `class_names` (in label-id order) or, without them, by its label id."""
     first = [name for name in CSV_FIRST_COLUMNS if name in prediction]
     row = {}
     for name in first + [name for name in prediction if name not in first]:
         value = prediction[name]
         if isinstance(value, list):
-            row.update({f"{name}_{index}": item for index, item in enumerate(value)})
+            row.update({f"{name}_{label}": item for label, item in zip(class_names or range(len(value)), value, strict=True)})
         else:
             row[name] = value
     return row
@@ -186,7 +191,7 @@ def main(argv: list[str]) -> None:
     try:
         if arguments.output:
             check_output(arguments.output)
-        serving = load_serving(arguments.export)
+        serving, class_names = load_serving(arguments.export)
         columns = text_columns(serving)
         if arguments.input:
             inputs = read_inputs(arguments.input, columns)
@@ -202,7 +207,7 @@ def main(argv: list[str]) -> None:
         print(f"{_summary(prediction)}\t{prediction['text'][:80]!r}")
     if arguments.output:
         try:
-            write_predictions(arguments.output, predictions)
+            write_predictions(arguments.output, predictions, class_names)
         except OSError as error:
             parser.error(f"--output {arguments.output}: {error}")
 
