@@ -190,7 +190,9 @@ def compare(multirun_dir: Path, by: list[str] | None = None, out_dir: Path | Non
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tfbert.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("multirun_dir", type=Path, help="a Hydra sweep dir, e.g. multirun/2026-01-01_12-00-00")
     parser.add_argument("--by", nargs="+", help="overrides to group runs by (default: those that differ, but seed)")
     parser.add_argument("--out", type=Path, help="where to write the comparison (default: the multirun dir)")
