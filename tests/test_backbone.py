@@ -11,6 +11,7 @@ from tests.conftest import MINILM, TINY_CONFIG
 from tfbert.backbone import load_backbone
 from tfbert.classifier import encoder_features
 from tfbert.model_dir import BackboneNotFound, resolve_model_dir
+from tfbert.preprocessing import load_tokenizer
 
 
 def mean_pooled(backbone, tokenizer, texts):
@@ -75,6 +76,22 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
     (local / "config.json").write_text(config)
     with pytest.raises(BackboneNotFound, match="does not fit a BERT of this config"):
         load_backbone(str(local))
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ('{"model_type": "roberta", "hidden_size": 32}', r"is a 'roberta' model .*config.json\); tfbert fine-tunes BERT encoders"),
+        ("[1, 2]", r"config.json is not a JSON object"),
+        ("{not json", r"config.json is not a JSON object"),
+    ],
+    ids=["roberta", "json_list", "not_json"],
+)
+def test_a_config_of_another_architecture_is_named_before_any_weights_load(config, message, tmp_path):
+    (tmp_path / "config.json").write_text(config)
+    for load in (resolve_model_dir, load_tokenizer):
+        with pytest.raises(BackboneNotFound, match=message):
+            load(str(tmp_path))
 
 
 @pytest.mark.parametrize("name", ["no_such_package", "/no/such/dir"])
