@@ -26,7 +26,13 @@ def load_hub(
         columns_and_options: the arguments of `tfbert.tasks.labeled.build_task`.
     """
     wanted = {"train": train_split, "validation": validation_split, "test": test_split}
-    raw = {ours: datasets.load_dataset(path, name, split=theirs) for ours, theirs in wanted.items() if theirs}
     label = f"{path}/{name}" if name else path
+    try:
+        raw = {ours: datasets.load_dataset(path, name, split=theirs) for ours, theirs in wanted.items() if theirs}
+    except ConnectionError as error:
+        raise ConnectionError(
+            f"{error}. The hub dataset {label} is downloaded on first use and read from the datasets cache "
+            "after that; where the hub is out of reach, save its splits as files and use task=files"
+        ) from None
     sources = {ours: f"{label} [{wanted[ours]}]" for ours in raw}
     return build_task(task_name or label, raw, sources, **columns_and_options)
