@@ -45,10 +45,11 @@ INPUT_FILES = {
 }
 
 
+@pytest.mark.parametrize("bom", ["", "\ufeff"], ids=["utf8", "utf8_with_bom"])  # a BOM: as spreadsheets save
 @pytest.mark.parametrize("name", sorted(INPUT_FILES))
-def test_input_files_to_jsonl(name, export_dir, serving, capsys, tmp_path):
+def test_input_files_to_jsonl(name, bom, export_dir, serving, capsys, tmp_path):
     source = tmp_path / name
-    source.write_text(INPUT_FILES[name])
+    source.write_text(bom + INPUT_FILES[name], encoding="utf-8")
     lines = run_cli(capsys, export_dir, "--input", source, "--output", tmp_path / "predictions.jsonl")
     predictions = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [prediction["text"] for prediction in predictions] == ["a wonderful film", "dull and tedious"]

@@ -20,6 +20,7 @@ Any string gets a prediction: empty or whitespace-only texts are classified from
 """
 
 import argparse
+import codecs
 import csv
 import io
 import json
@@ -71,7 +72,7 @@ def read_inputs(path: Path, columns: list[str]) -> dict[str, list[bytes]]:
     """Texts of `columns` from a .txt, .csv or .jsonl file, as UTF-8 bytes."""
     if path.suffix not in INPUT_SUFFIXES:
         raise InvalidInput(f"--input {path}: unknown file type {path.suffix!r}; valid: {', '.join(INPUT_SUFFIXES)}")
-    content = path.read_bytes()
+    content = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # as spreadsheet programs save "UTF-8"
     if path.suffix == ".txt":
         if columns != ["text"]:
             raise InvalidInput(f"--input {path}: this model reads {columns}; give a .csv or .jsonl with those columns")
