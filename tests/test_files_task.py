@@ -197,3 +197,5 @@ def test_stratified_split_is_datasets_own_split():
     alone = datasets.Dataset.from_dict({"text": ["x"] * 5, "label": [0, 0, 1, 1, 2]}, features=features)
     with pytest.raises(InvalidTaskData, match="class 'c' has a single example"):
         carve(alone, 0.4, seed=7)
+    with pytest.raises(InvalidTaskData, match="holding out 0.1 of 6 examples keeps 5 and holds out 1, but .* each of the 3 classes"):
+        carve(alone.add_item({"text": "y", "label": 2}), 0.1, seed=7)

@@ -176,6 +176,13 @@ def _split(dataset: datasets.Dataset, test_size: float, seed: int) -> datasets.D
             f"class {alone[0]!r} has a single example, too few to hold out a stratified {test_size:g} "
             "of the examples; every class needs at least two"
         )
+    present, kept = int(np.count_nonzero(counts)), len(dataset) - held_out
+    if min(held_out, kept) < present:
+        raise InvalidTaskData(
+            f"holding out {test_size:g} of {len(dataset)} examples keeps {kept} and holds out {held_out}, but a "
+            f"stratified split puts each of the {present} classes on both sides; give more examples, or the "
+            "held-out splits as files of their own"
+        )
     train, test = next(stratified_shuffle_split_generate_indices(
         labels, len(dataset) - held_out, held_out, rng=np.random.default_rng(seed)
     ))
