@@ -175,6 +175,21 @@ def test_a_bad_max_length_is_named(tmp_path, max_length):
         load_files(str(write_csv(tmp_path / "train.csv", topic_rows())), max_length=max_length)
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"threshold": "high", "problem_type": "multi_label"}, "threshold must be between 0 and 1, got high"),
+        ({"class_weight": [1, "a", 2]}, r"class_weight must be `balanced` or 3 positive weights.*got \[1, 'a', 2\]"),
+        ({"class_weight": "abc"}, "class_weight must be `balanced` or 3 positive weights.*got 'abc'"),
+        ({"class_weight": [1, 0, 2]}, "class_weight must be `balanced` or 3 positive weights"),
+    ],
+    ids=["threshold_not_a_number", "weight_not_a_number", "weights_a_string", "weight_zero"],
+)
+def test_bad_threshold_or_class_weight_is_named(tmp_path, options, message):
+    with pytest.raises(InvalidTaskData, match=message):
+        load_files(str(write_csv(tmp_path / "train.csv", topic_rows())), **options)
+
+
 def test_held_out_fractions_of_given_splits_are_not_used(tmp_path):
     train = write_csv(tmp_path / "train.csv", topic_rows())
     test = write_csv(tmp_path / "test.csv", topic_rows(12))

@@ -2,6 +2,7 @@
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import datasets
@@ -81,7 +82,7 @@ class TaskData:
             raise InvalidTaskData(
                 f"max_length must be a whole number, at least 3 ([CLS] x [SEP]), got {self.max_length!r}"
             )
-        if not 0 < self.threshold < 1:
+        if not is_number(self.threshold) or not 0 < self.threshold < 1:
             raise InvalidTaskData(f"threshold must be between 0 and 1, got {self.threshold}")
         self.class_weights()  # validates class_weight early
 
@@ -106,8 +107,9 @@ class TaskData:
             counts = np.bincount(column(self.splits["train"], "label"), minlength=self.num_outputs)
             weights = len(self.splits["train"]) / (self.num_outputs * np.maximum(counts, 1))
             return {index: float(weight) for index, weight in enumerate(weights)}
-        weights = list(self.class_weight)
-        if len(weights) != self.num_outputs or min(weights) <= 0:
+        weights = self.class_weight
+        listed = isinstance(weights, Sequence) and not isinstance(weights, str) and len(weights) == self.num_outputs
+        if not listed or not all(is_number(weight) and weight > 0 for weight in weights):
             raise InvalidTaskData(
                 f"task {self.name!r}: class_weight must be `balanced` or {self.num_outputs} positive "
                 f"weights, one per class of {list(self.label_names)}; got {self.class_weight!r}"
