@@ -114,9 +114,16 @@ def test_mlp_sits_between_pooled_vector_and_logits():
     assert [layer.kernel.shape for layer in (*head.hidden_layers, head.output_layer)] == [(4, 16), (16, 8), (8, 3)]
 
 
-def test_bad_mlp_widths_are_named():
-    with pytest.raises(ValueError, match=r"positive layer widths, got \[16, 0\]"):
-        ClsHead(3, hidden_units=[16, 0])
+@pytest.mark.parametrize("hidden_units", [[16, 0], [2.5], 256, "256"])
+def test_bad_mlp_widths_are_named(hidden_units):
+    with pytest.raises(ValueError, match=rf"a list of positive layer widths such as \[256\], got {re.escape(repr(hidden_units))}"):
+        ClsHead(3, hidden_units=hidden_units)
+
+
+@pytest.mark.parametrize("num_layers", [0, 2.5])
+def test_a_bad_layer_count_is_named(num_layers):
+    with pytest.raises(ValueError, match=f"num_layers must be a whole number above 0, got {num_layers}"):
+        LastLayersClsHead(3, num_layers=num_layers)
 
 
 def test_a_bad_activation_is_named_even_without_an_mlp():

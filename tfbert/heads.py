@@ -15,7 +15,7 @@ get_config/from_config.
 import tensorflow as tf
 import tf_keras
 
-from tfbert.checks import is_number
+from tfbert.checks import is_number, is_whole_number
 
 PACKAGE = "tfbert"
 
@@ -51,11 +51,11 @@ class ClassificationHead(tf_keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        hidden_units = [int(units) for units in hidden_units]  # also turns a Hydra ListConfig into a list
         if not is_number(dropout) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a rate in [0, 1), got {dropout!r}")
-        if any(units < 1 for units in hidden_units):
-            raise ValueError(f"hidden_units must all be positive layer widths, got {hidden_units}")
+        if isinstance(hidden_units, (str, int)) or not all(is_whole_number(units, 1) for units in hidden_units):
+            raise ValueError(f"hidden_units must be a list of positive layer widths such as [256], got {hidden_units!r}")
+        hidden_units = list(hidden_units)  # also turns a Hydra ListConfig into a list
         try:
             tf_keras.activations.get(activation)
         except ValueError:
@@ -183,8 +183,8 @@ class LastLayersClsHead(ClassificationHead):
 
     def __init__(self, num_outputs: int, num_layers: int = 4, **kwargs):
         super().__init__(num_outputs, **kwargs)
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be positive, got {num_layers}")
+        if not is_whole_number(num_layers, 1):
+            raise ValueError(f"num_layers must be a whole number above 0, got {num_layers!r}")
         self.num_layers = num_layers
 
     def build(self, input_shape):
