@@ -66,6 +66,32 @@ def test_optimizer_and_trainer_build():
     assert instantiate(cfg.pipeline).batch_size == cfg.pipeline.batch_size
 
 
+def flags() -> list[tuple[str, str]]:
+    """Every true/false key of the composed config's built nodes (those with a _target_)."""
+    cfg = compose_config("model=tiny")
+    unresolved = OmegaConf.to_container(cfg, resolve=False)  # run_dir needs a Hydra run to resolve
+    nodes = [node for node, settings in unresolved.items() if isinstance(settings, dict) and "_target_" in settings]
+    return [(node, key) for node in nodes for key, value in cfg[node].items() if isinstance(value, bool) and key != "_partial_"]
+
+
+FLAGS = flags()
+
+
+def test_the_flags_are_found():
+    assert {("trainer", "jit_compile"), ("pipeline", "pad_to_bucket_boundary"), ("insight", "progress")} <= set(FLAGS)
+
+
+@pytest.mark.parametrize("node, key", FLAGS, ids=[f"{node}.{key}" for node, key in FLAGS])
+def test_a_flag_given_as_a_word_is_refused(node, key):
+    """`no` or `off` arrives as a string, which Python would take as true: each flag refuses it."""
+    settings = compose_config("model=tiny", f"{node}.{key}=no")[node]
+    with pytest.raises(Exception, match=rf"{key} must be true or false, got 'no'"):
+        built = instantiate(settings)
+        if settings.get("_partial_"):  # what the run gives a partial node matters not: the flag fails first
+            built(**{name: None for name, parameter in inspect.signature(built).parameters.items()
+                     if parameter.default is inspect.Parameter.empty})
+
+
 def train_py(*args):
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 

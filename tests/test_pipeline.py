@@ -62,7 +62,8 @@ def test_no_autotuning_so_finished_iterators_free_at_once():
     [
         ({"batch_size": 0}, "batch_size must be a whole number above 0, got 0"),
         ({"batch_size": 2.5}, "batch_size must be a whole number above 0, got 2.5"),
-        ({"bucket_boundaries": [32, 16]}, "must increase"),
+        ({"bucket_boundaries": [32, 16]}, r"must be increasing whole numbers above 0, got \[32, 16\]"),
+        ({"bucket_boundaries": [16, 24.5]}, r"must be increasing whole numbers above 0, got \[16, 24.5\]"),
     ],
 )
 def test_bad_arguments(kwargs, message):

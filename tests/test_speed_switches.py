@@ -119,6 +119,7 @@ def test_bucket_boundary_padding_bounds_the_number_of_shapes():
         ({"steps_per_execution": 0}, "steps_per_execution must be a positive integer, got 0"),
         ({"tensorboard_update_freq": 0}, "tensorboard_update_freq must be a positive number of batches, batch or epoch, got 0"),
         ({"tensorboard_update_freq": "often"}, "tensorboard_update_freq must be .* got 'often'"),
+        ({"monitor": 5}, "monitor must name a validation metric such as val_accuracy, got 5"),
     ],
 )
 def test_bad_switches(kwargs, message):

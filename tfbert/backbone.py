@@ -18,6 +18,7 @@ from transformers import BertConfig, TFBertModel
 from transformers.modeling_tf_outputs import TFBaseModelOutputWithPoolingAndCrossAttentions
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
+from tfbert.checks import check_flags
 from tfbert.dropout import use_fast_dropout
 from tfbert.gelu import use_float32_gelu
 from tfbert.layer_norm import use_fast_layer_norm
@@ -102,6 +103,7 @@ def load_backbone(
         trainable_layers: train only the top N encoder layers (and the pooler); the
             embeddings and the layers below stay frozen. None: every layer trains.
     """
+    check_flags(random_init=random_init)
     if freeze not in FREEZE_CHOICES:
         raise ValueError(f"freeze must be one of {', '.join(FREEZE_CHOICES)}; got {freeze!r}")
     if freeze == "all" and trainable_layers is not None:

@@ -23,7 +23,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 from transformers import PreTrainedTokenizerBase
 
-from tfbert.checks import is_whole_number
+from tfbert.checks import check_flags, is_whole_number
 from tfbert.classifier import INPUT_NAMES, encoder_features, in_slices
 from tfbert.figures import attention_figure, confusion_matrix_figure, png_bytes
 from tfbert.heads import ClassificationHead
@@ -409,6 +409,9 @@ def insight_callbacks(
     for name, value in (("max_examples", max_examples), ("attention_maps", attention_maps)):
         if not is_whole_number(value, 0):
             raise ValueError(f"insight.{name} must be a whole number, 0 or more (0: none), got {value!r}")
+    check_flags(**{f"insight.{name}": flag for name, flag in (
+        ("progress", progress), ("hparams_dashboard", hparams_dashboard), ("validation_insights", validation_insights)
+    )})
     log_dir = Path(run_dir) / "tensorboard"
     callbacks = []
     # ValidationInsights adds val_f1_macro to the epoch logs the later ones read.

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tf_keras
 from transformers.optimization_tf import WarmUp
 
-from tfbert.checks import is_number
+from tfbert.checks import check_flags, is_number
 
 # LayerNorm scales/offsets and biases are not decayed (as in BERT).
 NO_WEIGHT_DECAY = ["LayerNorm", "layer_norm", "bias"]
@@ -53,6 +53,7 @@ def create_adamw(
         lazy_embeddings: update only the embedding rows each batch uses (see FusedAdamW);
             False: every row, every step, as plain AdamW.
     """
+    check_flags(lazy_embeddings=lazy_embeddings)
     schedule = warmup_linear_decay(_checked("learning_rate", learning_rate), num_train_steps, warmup_ratio)
     settings = dict(
         learning_rate=schedule,

@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import tensorflow as tf
 
-from tfbert.checks import is_whole_number
+from tfbert.checks import check_flags, is_whole_number
 from tfbert.tasks.task_data import column
 
 
@@ -34,8 +34,10 @@ class Pipeline:
     ):
         if not is_whole_number(batch_size, 1):
             raise ValueError(f"batch_size must be a whole number above 0, got {batch_size!r}")
-        if list(bucket_boundaries) != sorted(set(bucket_boundaries)) or min(bucket_boundaries, default=1) < 1:
-            raise ValueError(f"bucket_boundaries must increase and be positive, got {bucket_boundaries}")
+        boundaries = list(bucket_boundaries)  # a Hydra ListConfig too
+        if not all(is_whole_number(boundary, 1) for boundary in boundaries) or boundaries != sorted(set(boundaries)):
+            raise ValueError(f"bucket_boundaries must be increasing whole numbers above 0, got {boundaries}")
+        check_flags(pad_to_bucket_boundary=pad_to_bucket_boundary)
         self.batch_size = batch_size
         self.bucket_boundaries = list(bucket_boundaries)
         self.seed = seed

@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfbert.checkpoints import Backup, BestCheckpoint, Preempted, backup_position, best_checkpoint
-from tfbert.checks import is_whole_number
+from tfbert.checks import check_flags, is_whole_number
 from tfbert.objectives import checkpoint_monitor, lower_is_better
 from tfbert.pipeline import stream_epochs
 from tfbert.precision import resolve_precision
@@ -112,7 +112,8 @@ class Trainer:
     ):
         if not is_whole_number(epochs, 1):
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-        if monitor is not None and not monitor.startswith("val_"):
+        check_flags(jit_compile=jit_compile, deterministic=deterministic)
+        if monitor is not None and not (isinstance(monitor, str) and monitor.startswith("val_")):
             raise ValueError(f"monitor must name a validation metric such as val_accuracy, got {monitor!r}")
         if early_stopping_patience is not None and not is_whole_number(early_stopping_patience, 1):
             raise ValueError(
