@@ -169,6 +169,12 @@ def test_bad_held_out_fractions_are_named(tmp_path, sizes, message):
         load_files(str(write_csv(tmp_path / "train.csv", topic_rows())), **sizes)
 
 
+@pytest.mark.parametrize("max_train_samples", [0, 2.5, 10_000.5])
+def test_a_bad_max_train_samples_is_named(tmp_path, max_train_samples):
+    with pytest.raises(InvalidTaskData, match=f"max_train_samples must be a whole number above 0, or null, got {max_train_samples}"):
+        load_files(str(write_csv(tmp_path / "train.csv", topic_rows())), max_train_samples=max_train_samples)
+
+
 @pytest.mark.parametrize("max_length", [2, 2.5])
 def test_a_bad_max_length_is_named(tmp_path, max_length):
     with pytest.raises(InvalidTaskData, match=f"max_length must be a whole number, at least 3 .*got {max_length}"):

@@ -193,10 +193,10 @@ def _split(dataset: datasets.Dataset, test_size: float, seed: int) -> datasets.D
 
 def limit_train_samples(splits: datasets.DatasetDict, max_train_samples: int | None):
     """Keep the first `max_train_samples` training examples (for quick runs)."""
+    if max_train_samples is not None and not is_whole_number(max_train_samples, 1):
+        raise InvalidTaskData(f"max_train_samples must be a whole number above 0, or null, got {max_train_samples!r}")
     if max_train_samples is None or max_train_samples >= len(splits["train"]):
         return splits
-    if max_train_samples < 1:
-        raise InvalidTaskData(f"max_train_samples must be positive, got {max_train_samples}")
     limited = datasets.DatasetDict(splits)
     limited["train"] = splits["train"].select(range(max_train_samples))
     return limited
