@@ -70,6 +70,11 @@ def test_random_init_uses_the_overrides(tiny_backbone):
     assert tiny_backbone.built
 
 
+def test_a_misspelt_config_override_is_named():
+    with pytest.raises(ValueError, match=r"config_overrides \['hidden_dropout'\] are not BertConfig fields; its own fields: .*hidden_dropout_prob"):
+        load_backbone(MINILM, random_init=True, config_overrides={**TINY_CONFIG, "hidden_dropout": 0.2})
+
+
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
     local = shutil.copytree(resolve_model_dir(MINILM), tmp_path / "minilm")
     config = (local / "config.json").read_text().replace('"num_hidden_layers": 6', '"num_hidden_layers": 8')

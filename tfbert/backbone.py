@@ -9,6 +9,7 @@ The model is a `BertBackbone`: a TFBertModel that can also run its top layer for
 alone (`cls_only=True`), for heads that read nothing else.
 """
 
+import inspect
 import math
 from pathlib import Path
 
@@ -112,7 +113,10 @@ def load_backbone(
             "train any; set one of them only"
         )
     model_dir = resolve_model_dir(name_or_path, weights=not random_init)
-    config = BertConfig.from_pretrained(model_dir, **dict(config_overrides or {}))
+    config, unknown = BertConfig.from_pretrained(model_dir, return_unused_kwargs=True, **dict(config_overrides or {}))
+    if unknown:  # transformers would drop them silently: a misspelt dropout would change nothing
+        fields = [name for name in inspect.signature(BertConfig.__init__).parameters if name not in ("self", "kwargs")]
+        raise ValueError(f"config_overrides {sorted(unknown)} are not BertConfig fields; its own fields: {', '.join(fields)}")
     if trainable_layers is not None and not 0 <= trainable_layers <= config.num_hidden_layers:
         raise ValueError(
             f"trainable_layers must be between 0 and the encoder's {config.num_hidden_layers} "
