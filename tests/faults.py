@@ -206,7 +206,7 @@ def full_disk_metrics(space: Workspace) -> dict:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     message = ""
-    with mock.patch("tfbert.checkpoints.os.replace", no_space):
+    with mock.patch("tfbert.atomic.os.replace", no_space):
         try:
             write_json(path, {"test": {"accuracy": 0.9}})
         except OSError as error:

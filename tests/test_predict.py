@@ -83,6 +83,21 @@ def test_csv_output_has_a_column_per_class(export_dir, capsys, tmp_path):
         assert float(row["probability"]) == pytest.approx(prediction["probability"])
 
 
+def test_a_failed_write_keeps_the_previous_output_whole(export_dir, capsys, tmp_path, monkeypatch):
+    output = tmp_path / "predictions.csv"
+    run_cli(capsys, export_dir, "a wonderful film", "--output", output)
+    before = output.read_text()
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("tfbert.atomic.os.replace", disk_full)
+    with pytest.raises(SystemExit):
+        run_cli(capsys, export_dir, "dull and tedious", "--output", output)
+    assert "No space left on device" in capsys.readouterr().err
+    assert output.read_text() == before and [path.name for path in tmp_path.iterdir()] == ["predictions.csv"]
+
+
 def test_csv_columns_of_an_export_without_class_names_are_numbered_by_label_id():
     prediction = {"text": "fine", "label": "b", "probability": 0.75, "label_id": 1, "probabilities": [0.25, 0.75]}
     assert csv_row(prediction) == {
@@ -177,7 +192,7 @@ CLI_IMPORTS = """
 import sys
 from tfbert.predict import main
 main(sys.argv[1:])
-heavy = sorted(name for name in sys.modules if name.split(".")[0] == "transformers" or name.startswith("tfbert.") and name not in ("tfbert.predict", "tfbert.env", "tfbert.threads"))
+heavy = sorted(name for name in sys.modules if name.split(".")[0] == "transformers" or name.startswith("tfbert.") and name not in ("tfbert.predict", "tfbert.env", "tfbert.threads", "tfbert.atomic"))
 import tensorflow as tf
 print("intra-op threads:", tf.config.threading.get_intra_op_parallelism_threads())
 print("heavy:", heavy)

@@ -11,14 +11,14 @@ backup:  backup/ (tf_keras BackupAndRestore): model, optimizer (and so the learn
 import json
 import logging
 import math
-import os
 import signal
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
+
+from tfbert.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +28,9 @@ class CorruptCheckpoint(RuntimeError):
 
 
 def write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically: a temporary file in the same directory, then a rename."""
-    path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as partial:
-        try:
-            partial.write(json.dumps(payload, indent=2) + "\n")
-            partial.flush()
-            os.fsync(partial.fileno())
-        except BaseException:
-            os.unlink(partial.name)
-            raise
-    try:
-        os.replace(partial.name, path)
-    except BaseException:
-        os.unlink(partial.name)
-        raise
+    """Write JSON atomically (tfbert.atomic): the whole payload or the file as it was."""
+    with atomic_file(path) as file:
+        file.write(json.dumps(payload, indent=2) + "\n")
 
 
 def best_checkpoint(run_dir: Path) -> Path:

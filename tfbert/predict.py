@@ -31,6 +31,7 @@ from pathlib import Path
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the in-graph tokenizer's ops)
 
+from tfbert.atomic import atomic_file
 from tfbert.threads import cpu_cores, one_thread_per_op
 
 INPUT_SUFFIXES = (".txt", ".csv", ".jsonl")
@@ -140,13 +141,13 @@ def write_predictions(path: Path, predictions: list[dict], class_names: list[str
     """`predictions` as JSON lines or, for a .csv path, as a table (see the module doc)."""
     if path.suffix == ".csv":
         rows = [csv_row(prediction, class_names) for prediction in predictions]
-        with path.open("w", encoding="utf-8", newline="") as file:
+        with atomic_file(path, newline="") as file:  # the csv module writes its own line ends
             writer = csv.DictWriter(file, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
     else:
-        lines = [json.dumps(prediction, ensure_ascii=False) + "\n" for prediction in predictions]
-        path.write_text("".join(lines), encoding="utf-8")
+        with atomic_file(path) as file:
+            file.writelines(json.dumps(prediction, ensure_ascii=False) + "\n" for prediction in predictions)
 
 
 def csv_row(prediction: dict, class_names: list[str] | None = None) -> dict:
