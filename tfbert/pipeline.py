@@ -39,7 +39,7 @@ class Pipeline:
             raise ValueError(f"bucket_boundaries must be increasing whole numbers above 0, got {boundaries}")
         check_flags(pad_to_bucket_boundary=pad_to_bucket_boundary)
         self.batch_size = batch_size
-        self.bucket_boundaries = list(bucket_boundaries)
+        self.bucket_boundaries = boundaries
         self.seed = seed
         self.pad_to_bucket_boundary = pad_to_bucket_boundary
 
