@@ -66,6 +66,20 @@ def test_chart_is_a_png(multirun_dir):
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
+def test_a_regression_sweep_compares_correlations(tmp_path):
+    pearson = {"pooler": [0.60, 0.70], "mean": [-0.10, 0.10]}  # a correlation may be negative
+    for number, (head, seed) in enumerate((head, seed) for head in pearson for seed in (1, 2)):
+        scores = {"mse": 1.0, "mae": 0.8, "pearson": pearson[head][seed - 1], "spearman": 0.5}
+        fake_run(tmp_path, number, ["task=sentiment_valence", f"head={head}", f"seed={seed}"],
+                 {"validation": scores, "test": scores, "train_seconds": 5.0})
+    paths = compare(tmp_path)
+    table = paths["md"].read_text().splitlines()
+    assert table[0] == "| head | runs | test Pearson r | test Spearman rho | test MSE | training seconds |"
+    assert table[2].startswith("| pooler | 2 | 0.6500 ± 0.0707 | 0.5000 ± 0.0000 | 1.0000 ± 0.0000 |")
+    assert table[3].startswith("| mean | 2 | 0.0000 ± 0.1414 |")
+    assert paths["png"].read_bytes().startswith(b"\x89PNG")
+
+
 def test_group_by_another_override_and_single_runs(multirun_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     paths = compare(multirun_dir, by=["head", "seed"], out_dir=out)

@@ -32,9 +32,12 @@ COLUMNS = (
     ("test macro F1", ("test", "f1_macro")),
     ("test macro precision", ("test", "precision_macro")),
     ("test macro recall", ("test", "recall_macro")),
+    ("test Pearson r", ("test", "pearson")),  # regression tasks
+    ("test Spearman rho", ("test", "spearman")),
+    ("test MSE", ("test", "mse")),
     ("training seconds", ("train_seconds",)),
 )
-CHARTED = ("test accuracy", "test macro F1")
+CHARTED = ("test accuracy", "test macro F1", "test Pearson r", "test Spearman rho")
 REPEATS = ("seed",)  # overrides that repeat a configuration rather than change it
 
 

@@ -60,14 +60,17 @@ def metric_bars_figure(groups: list[str], metrics: dict, time: tuple | None) -> 
     figure = Figure(figsize=(4 + 1.2 * len(groups) * panels, 4), dpi=100, layout="constrained")
     axes = figure.add_subplot(1, panels, 1)
     positions = np.arange(len(groups))
-    width = 0.8 / len(metrics)
+    width = 0.8 / max(len(metrics), 1)
+    lowest = 0.0  # a correlation can be negative
     for number, (name, (means, stds)) in enumerate(metrics.items()):
         offset = (number - (len(metrics) - 1) / 2) * width
         axes.bar(positions + offset, means, width, yerr=stds, capsize=3, label=name)
+        lowest = min(lowest, *(mean - std for mean, std in zip(means, stds)))
     axes.set_xticks(positions, groups)
     axes.set_ylabel("test score")
-    axes.set_ylim(0, 1.05)
-    axes.legend(loc="lower right", fontsize=8)
+    axes.set_ylim(lowest - 0.05 if lowest < 0 else 0, 1.05)
+    if metrics:
+        axes.legend(loc="lower right", fontsize=8)
     if time:
         time_axes = figure.add_subplot(1, panels, 2)
         time_axes.bar(positions, time[0], yerr=time[1], capsize=3, color="gray")
