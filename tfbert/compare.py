@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from tfbert.atomic import atomic_file
 from tfbert.figures import metric_bars_figure, png_bytes
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def mean_std(mean: float, std: float | None, column: str) -> str:
 def write_csv(rows: list[dict], by: list[str], path: Path) -> None:
     """A column per `by` key, `runs`, then `<column> mean` and `<column> std` (empty for one run)."""
     scored = [name for name in rows[0] if name not in by and name != "runs"]
-    with path.open("w", newline="") as file:
+    with atomic_file(path, newline="") as file:
         writer = csv.writer(file)
         writer.writerow([*by, "runs", *(f"{name} {stat}" for name in scored for stat in ("mean", "std"))])
         for row in rows:
@@ -186,7 +187,8 @@ def compare(multirun_dir: Path, by: list[str] | None = None, out_dir: Path | Non
     out_dir = Path(out_dir or multirun_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: out_dir / f"comparison.{kind}" for kind in ("md", "csv", "png")}
-    paths["md"].write_text(markdown_table(rows, by))
+    with atomic_file(paths["md"]) as file:
+        file.write(markdown_table(rows, by))
     write_csv(rows, by, paths["csv"])
     write_chart(rows, by, paths["png"])
     return paths
