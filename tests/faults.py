@@ -93,7 +93,7 @@ def interrupted_then_resumed(space: Workspace, signum, name: str) -> dict:
     run_dir = space.run_dir(name)
     code, output = interrupt_after_first_backup(space.data_file, run_dir, signum)
     interrupted = f"exit {code}"
-    if signum == signal.SIGTERM and "stopped on SIGTERM" in output:
+    if f"stopped on {signal.Signals(signum).name}" in output:
         interrupted += ", backup saved"
     code, output = finish(space.data_file, run_dir)
     resumed = "resumed" if "resuming from" in output else "restarted"
@@ -241,6 +241,7 @@ def unwritable_run_dir(space: Workspace) -> dict:
 SCENARIOS = [
     lambda space: interrupted_then_resumed(space, signal.SIGKILL, "sigkill"),
     lambda space: interrupted_then_resumed(space, signal.SIGTERM, "sigterm"),
+    lambda space: interrupted_then_resumed(space, signal.SIGINT, "sigint"),  # Ctrl-C
     nan_loss,
     corrupt_backup,
     interrupted_best_write,

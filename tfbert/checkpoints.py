@@ -5,7 +5,7 @@ best:    checkpoints/best-<epoch>.* plus checkpoints/best.json pointing at them.
          it, so a crash at any point leaves the previous best readable.
 backup:  backup/ (tf_keras BackupAndRestore): model, optimizer (and so the learning-
          rate schedule position), epoch and step, every `save_freq` steps and on
-         SIGTERM; never written from a non-finite loss; removed when training ends.
+         SIGTERM or Ctrl-C; never written from a non-finite loss; removed when training ends.
 """
 
 import json
@@ -92,11 +92,17 @@ class BestCheckpoint(tf_keras.callbacks.Callback):
 
 
 class Preempted(SystemExit):
-    """Training stopped on SIGTERM after saving a backup."""
+    """Training stopped on SIGTERM or SIGINT (Ctrl-C) after saving a backup."""
+
+
+# Signals that stop training after the current step, with a backup to resume from. A second
+# Ctrl-C stops at once (KeyboardInterrupt), from the last regular backup.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Backup(tf_keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that also saves on SIGTERM and never saves a non-finite state.
+    """BackupAndRestore that also saves on SIGTERM or Ctrl-C (STOP_SIGNALS) and never saves a
+    non-finite state. `preempted_at` is then (epoch, batch, signal name).
 
     Args:
         backup_dir: where the backup lives (removed once training finishes).
@@ -113,11 +119,13 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         self._finite = True
 
     def on_train_begin(self, logs=None):
-        self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._previous_handlers = {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS}
         super().on_train_begin(logs)
 
-    def _on_sigterm(self, signum, frame):
-        self._signalled = True
+    def _on_signal(self, signum, frame):
+        if self._signalled and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C again: the user will not wait for the step to end
+        self._signalled = signal.Signals(signum).name
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -127,11 +135,12 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         super().on_train_batch_end(batch, logs)
         if self._signalled and self.preempted_at is None:
             self._backup(epoch=self._current_epoch, batch=batch)
-            self.preempted_at = (self._current_epoch, batch)
+            self.preempted_at = (self._current_epoch, batch, self._signalled)
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        signal.signal(signal.SIGTERM, self._previous_handler)
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
         if self.preempted_at is not None or not self._finite:
             self.delete_checkpoint = False  # keep the last good backup to resume from
         super().on_train_end(logs)

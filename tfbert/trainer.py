@@ -69,7 +69,7 @@ class Trainer:
         steps_per_execution: batches run per tf.function call (fewer Python round trips).
         tensorboard_update_freq: log training scalars every this many batches, or `epoch`.
         resume: `auto` continues from `<run_dir>/backup` when a previous run of the same
-            run_dir left one (crash, SIGTERM); `never` refuses to start over such a backup.
+            run_dir left one (crash, SIGTERM, Ctrl-C); `never` refuses to start over such a backup.
         backup_every_steps: how often the backup is refreshed.
         deterministic: TensorFlow op determinism (same seed, same machine: identical runs).
         strategy: the tf.distribute strategy `tfbert.distribute.build_strategy` makes:
@@ -206,7 +206,7 @@ class Trainer:
         weights each class id's loss; `backup_dir` (default `<run_dir>/backup`) must be
         the same for every worker of a multi-worker run; `checkpoint_model` (default `model`)
         is what the best checkpoint keeps and gets back, when `model` trains only part of
-        it (tfbert.features: the head model of a classifier). Raises Preempted after saving a backup on SIGTERM,
+        it (tfbert.features: the head model of a classifier). Raises Preempted after saving a backup on SIGTERM or Ctrl-C,
         and NonFiniteLoss when the loss becomes NaN/inf (no checkpoint is written from it).
         """
         run_dir = Path(run_dir)
@@ -258,9 +258,9 @@ class Trainer:
             verbose=1 if sys.stdout.isatty() else 2,
         )
         if backup.preempted_at is not None:
-            epoch, step = backup.preempted_at
+            epoch, step, signal_name = backup.preempted_at
             raise Preempted(
-                f"stopped on SIGTERM at epoch {epoch + 1}, step {step + 1}; the backup in {backup_dir} "
+                f"stopped on {signal_name} at epoch {epoch + 1}, step {step + 1}; the backup in {backup_dir} "
                 "resumes it: run the same command with the same run_dir"
             )
         if nan_guard.stopped_at is not None:
