@@ -206,8 +206,9 @@ class Trainer:
         weights each class id's loss; `backup_dir` (default `<run_dir>/backup`) must be
         the same for every worker of a multi-worker run; `checkpoint_model` (default `model`)
         is what the best checkpoint keeps and gets back, when `model` trains only part of
-        it (tfbert.features: the head model of a classifier). Raises Preempted after saving a backup on SIGTERM or Ctrl-C,
-        and NonFiniteLoss when the loss becomes NaN/inf (no checkpoint is written from it).
+        it (tfbert.features: the head model of a classifier). Raises Preempted after saving a
+        backup on SIGTERM or Ctrl-C, and NonFiniteLoss when the loss becomes NaN/inf (no
+        checkpoint is written from it).
         """
         run_dir = Path(run_dir)
         backup_dir = Path(backup_dir or run_dir / "backup")
