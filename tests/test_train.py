@@ -75,7 +75,9 @@ def test_the_precision_auto_chose_is_recorded_and_the_export_computes_in_float32
     (saved_model,) = run_dir.glob("export/**/saved_model.pb")
     loaded = tf.saved_model.load(str(saved_model.parent))
     serving_default = loaded.signatures["serving_default"]
-    assert {variable.dtype for variable in serving_default.variables} == {tf.float32}
+    # float32 weights, and the class names (export.ServingModule.label_names)
+    assert {variable.dtype for variable in serving_default.variables} == {tf.float32, tf.string}
+    assert loaded.label_names.numpy().tolist() == [b"negative", b"positive"]
     graph = serving_default.graph.as_graph_def()
     ops = [node for function in graph.library.function for node in function.node_def]
     assert ops and not [node.name for node in ops if node.attr["T"].type == tf.bfloat16.as_datatype_enum]
