@@ -71,6 +71,12 @@ def test_missing_local_file(tmp_path):
         load_sentiment(data_file=str(tmp_path / "missing.txt"))
 
 
+def test_a_problem_type_the_corpus_cannot_serve_is_named_before_any_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(sentiment, "cached_snippets", lambda cache_dir: pytest.fail("no download expected"))
+    with pytest.raises(InvalidTaskData, match="problem_type must be single_label .* or regression .*got 'multi_label'"):
+        load_sentiment(problem_type="multi_label")
+
+
 def splits_with(train_labels, test_labels=(0, 1)):
     features = datasets.Features(text=datasets.Value("string"), label=datasets.ClassLabel(names=["neg", "pos"]))
 

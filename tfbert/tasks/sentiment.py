@@ -19,6 +19,7 @@ import datasets
 import platformdirs
 
 from tfbert.tasks.task_data import (
+    InvalidTaskData,
     TaskData,
     limit_train_samples,
     split_train_validation_test,
@@ -61,6 +62,11 @@ def load_sentiment(
         problem_type: `single_label` (negative/positive: the sign of the mean valence,
             zeros dropped) or `regression` (the mean valence itself, all sentences).
     """
+    if problem_type not in ("single_label", "regression"):  # before any download
+        raise InvalidTaskData(
+            "task=sentiment's problem_type must be single_label (negative/positive) or regression "
+            f"(the mean valence, as task=sentiment_valence sets it), got {problem_type!r}"
+        )
     path = Path(data_file) if data_file else cached_snippets(cache_dir)
     texts, valences = read_snippets(path)
     if problem_type == "regression":
