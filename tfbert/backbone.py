@@ -113,10 +113,13 @@ def load_backbone(
             "train any; set one of them only"
         )
     model_dir = resolve_model_dir(name_or_path, weights=not random_init)
-    config, unknown = BertConfig.from_pretrained(model_dir, return_unused_kwargs=True, **dict(config_overrides or {}))
+    overrides = dict(config_overrides or {})
+    config, unknown = BertConfig.from_pretrained(model_dir, return_unused_kwargs=True, **overrides)
     if unknown:  # transformers would drop them silently: a misspelt dropout would change nothing
         fields = [name for name in inspect.signature(BertConfig.__init__).parameters if name not in ("self", "kwargs")]
-        raise ValueError(f"config_overrides {sorted(unknown)} are not BertConfig fields; its own fields: {', '.join(fields)}")
+        raise ValueError(
+            f"config_overrides {sorted(unknown)} are not BertConfig fields; its own fields: {', '.join(fields)}"
+        )
     if trainable_layers is not None and not 0 <= trainable_layers <= config.num_hidden_layers:
         raise ValueError(
             f"trainable_layers must be between 0 and the encoder's {config.num_hidden_layers} "

@@ -159,7 +159,8 @@ def csv_row(prediction: dict, class_names: list[str] | None = None) -> dict:
     for name in first + [name for name in prediction if name not in first]:
         value = prediction[name]
         if isinstance(value, list):
-            row.update({f"{name}_{label}": item for label, item in zip(class_names or range(len(value)), value, strict=True)})
+            labels = class_names or range(len(value))
+            row.update({f"{name}_{label}": item for label, item in zip(labels, value, strict=True)})
         else:
             row[name] = value
     return row
