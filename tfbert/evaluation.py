@@ -78,6 +78,17 @@ def regression_metrics(targets: np.ndarray, outputs: np.ndarray) -> dict:
     }
 
 
+def sweep_objective(validation: dict) -> float:
+    """What hparams_search=optuna maximizes: macro F1, or Pearson r for regression tasks.
+
+    A regression run whose predictions are constant has no correlation (metrics.json says
+    null); it scores 0.0 here, as useless as uncorrelated predictions, so the sampler learns
+    from the trial and the sweep goes on (None or NaN would stop the hydra-optuna-sweeper).
+    """
+    score = validation["f1_macro"] if "f1_macro" in validation else validation["pearson"]
+    return 0.0 if score is None else score
+
+
 def evaluate(
     model: tf_keras.Model,
     dataset: tf.data.Dataset,
