@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, compose_config
+from tfbert.checks import ConfigError, config_group
 
 GROUPS = {name: sorted(path.stem for path in (ROOT / "conf" / name).glob("*.yaml"))
           for name in ("task", "model", "head", "optimizer", "trainer")}
@@ -116,3 +117,27 @@ def test_unknown_choice_lists_valid_ones(group):
     assert f"Could not find '{group}/nope'" in result.stderr
     for option in GROUPS[group]:
         assert f"\t{option}\n" in result.stderr
+
+
+def test_a_bad_value_is_one_line_naming_its_key(snippets_file, tmp_path):
+    result = train_py("model=tiny", f"task.data_file={snippets_file}", "head.dropout=2", f"run_dir={tmp_path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "tfbert: head.dropout must be a rate in [0, 1), got 2"
+
+
+@pytest.mark.parametrize("message, named", [
+    ("dropout must be a rate in [0, 1), got 2", "head.dropout must be a rate in [0, 1), got 2"),
+    ("dropout=2 is too high", "head.dropout=2 is too high"),
+    ("special tokens ['[CLS]'] are not in the vocabulary", "head: special tokens ['[CLS]'] are not in the vocabulary"),
+    ("head.units=0 must be positive", "head.units=0 must be positive"),  # named already
+])
+def test_config_group_names_the_key_of_a_bad_value(message, named):
+    with pytest.raises(ConfigError) as raised, config_group("head", {"dropout": 0.1, "units": 8}):
+        raise ValueError(message)
+    assert str(raised.value) == named
+
+
+def test_a_bad_value_hydra_wraps_is_named_too():
+    with pytest.raises(ConfigError, match=r"^trainer.epochs must be a positive integer, got 0$"), \
+            config_group("trainer", {"epochs": 3}):
+        instantiate(compose_config("model=tiny", "trainer.epochs=0").trainer)

@@ -227,7 +227,7 @@ def test_export_cli_rebuilds_the_trained_model(finished_run, tokenizer, capsys):
     assert "accuracy 0.5000" in card and "one chain of ops (exported with branches 1)" in card
     with pytest.raises(SystemExit, match="from_run/3 already exists"):
         main([f"run_dir={run_dir}", "export.name=from_run", "export.version=3"])
-    with pytest.raises(SystemExit, match="export branches must be an integer from 1 to the encoder's 2 attention heads"):
+    with pytest.raises(SystemExit, match="export.branches must be an integer from 1 to the encoder's 2 attention heads"):
         main([f"run_dir={run_dir}", "export.name=from_run", "export.branches=3"])
     assert sorted(path.name for path in directory.parent.iterdir()) == ["3"]  # nothing half-written
 

@@ -44,7 +44,7 @@ def test_bad_arguments(kwargs, message):
 @pytest.mark.parametrize(
     "setting, value, message",
     [
-        ("learning_rate", -1.0, r"optimizer learning_rate must be a number above 0, got -1.0"),
+        ("learning_rate", -1.0, r"learning_rate must be a number above 0, got -1.0"),
         ("learning_rate", 0, "learning_rate must be a number above 0, got 0"),
         ("learning_rate", "fast", "learning_rate must be a number above 0, got 'fast'"),
         ("weight_decay", -0.1, r"weight_decay must be a number, 0 or more, got -0.1"),

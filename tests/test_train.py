@@ -85,7 +85,7 @@ def test_the_precision_auto_chose_is_recorded_and_the_export_computes_in_float32
 
 def test_more_export_branches_than_heads_fail_before_training(snippets_file, tmp_path):
     cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", "export.branches=3", f"run_dir={tmp_path}")
-    with pytest.raises(ValueError, match="export branches must be an integer from 1 to the encoder's 2 attention heads.*got 3"):
+    with pytest.raises(ValueError, match="export.branches must be an integer from 1 to the encoder's 2 attention heads.*got 3"):
         run(cfg)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
 

@@ -1,4 +1,10 @@
-"""Checks that config values share: is it a number, a whole number in range, a flag."""
+"""Checks that config values share: is it a number, a whole number in range, a flag; and
+ConfigError, a bad value named by its config key."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from hydra.errors import InstantiationException
 
 
 def is_number(value) -> bool:
@@ -17,3 +23,28 @@ def check_flags(**flags) -> None:
     for name, value in flags.items():
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, named by its key (`head.dropout must be ...`);
+    train.py shows it as a one-line error, without a traceback."""
+
+
+@contextmanager
+def config_group(group: str, keys) -> Iterator[None]:
+    """Raise a ValueError from building config group `group` (its `keys`) as a ConfigError
+    that names the key: `dropout must be ...` from the head becomes `head.dropout must be ...`."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, InstantiationException) as error:
+        if isinstance(error, InstantiationException):  # Hydra's wrapper around what the constructor raised
+            if not isinstance(error.__cause__, ValueError):
+                raise
+            error = error.__cause__
+        message = str(error)
+        first = message.split(maxsplit=1)[0].split("=")[0] if message else ""
+        if first != group and not first.startswith(f"{group}."):
+            message = f"{group}.{message}" if first in keys else f"{group}: {message}"
+        raise ConfigError(message) from error

@@ -155,11 +155,11 @@ class Exporter:
         self, export_dir: str | None = None, name: str | None = None, version: int | None = None, branches: int = 2
     ):
         if name is not None and (not name or "/" in name or name.startswith(".")):
-            raise ValueError(f"export name must be a plain directory name, got {name!r}")
+            raise ValueError(f"export.name must be a plain directory name, got {name!r}")
         if version is not None and not is_whole_number(version, 1):
-            raise ValueError(f"export version must be a positive integer (TF Serving's layout), got {version!r}")
+            raise ValueError(f"export.version must be a positive integer (TF Serving's layout), got {version!r}")
         if not is_whole_number(branches, 1):
-            raise ValueError(f"export branches must be a positive integer (best: the serving machine's cores), got {branches!r}")
+            raise ValueError(f"export.branches must be a positive integer (best: the serving machine's cores), got {branches!r}")
         self.export_dir = export_dir
         self.name = name
         self.version = version
@@ -167,7 +167,7 @@ class Exporter:
 
     def check(self, backbone: tf_keras.Model) -> None:
         """Fail now if `backbone` cannot be served in `branches` branches (more than its attention heads)."""
-        check_branches(backbone, self.branches, "export branches")
+        check_branches(backbone, self.branches, "export.branches")
 
     def version_dir(self, run_dir: Path, task_name: str) -> Path:
         """`<export_dir>/<name>/<version>`, which must not exist yet."""

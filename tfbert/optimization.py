@@ -76,7 +76,7 @@ def _checked(name: str, value) -> float:
     """`value` of the setting `name` as a float (a config may give an int), if VALID_SETTINGS allows it."""
     valid, allowed = VALID_SETTINGS[name]
     if not is_number(value) or not valid(value):
-        raise ValueError(f"optimizer {name} must be {allowed}, got {value!r}")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return float(value)
 
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tfbert.backbone import check_max_length
 from tfbert.callbacks import flat_hparams
+from tfbert.checks import config_group
 from tfbert.checkpoints import write_json
 from tfbert.classifier import build_classifier
 from tfbert.distribute import build_strategy, check_global_batch, worker_dir
@@ -32,11 +33,13 @@ def run(cfg: DictConfig) -> dict:
     With trainer.strategy=multi_worker every worker runs this; only the chief keeps its
     outputs in cfg.run_dir, the others' go to temporary dirs (see tfbert.distribute).
     """
-    trainer = instantiate(cfg.trainer)  # first: it may switch on op determinism
-    pipeline = instantiate(cfg.pipeline)  # a bad batch size is named before anything else
+    trainer = build(cfg, "trainer")  # first: it may switch on op determinism
+    pipeline = build(cfg, "pipeline")  # a bad batch size is named before anything else
     # Before any other TensorFlow work: multi_worker configures the TensorFlow runtime.
-    strategy = build_strategy(trainer.strategy, trainer.tpu)
-    check_global_batch(pipeline.batch_size, strategy)
+    with config_group("trainer", cfg.trainer):
+        strategy = build_strategy(trainer.strategy, trainer.tpu)
+    with config_group("pipeline", cfg.pipeline):
+        check_global_batch(pipeline.batch_size, strategy)
     run_dir = Path(cfg.run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -46,14 +49,22 @@ def run(cfg: DictConfig) -> dict:
         return train_evaluate_export(cfg, trainer, pipeline, strategy, output_dir)
 
 
+def build(cfg: DictConfig, group: str, **arguments):
+    """The object config group `group` describes, called with `arguments` when the group
+    builds a partial (head, optimizer, insight); a bad value fails as a ConfigError naming its key."""
+    with config_group(group, cfg[group]):
+        built = instantiate(cfg[group])
+        return built(**arguments) if arguments else built
+
+
 def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distribute.Strategy, run_dir: Path) -> dict:
     """The body of run(): this process writes to `run_dir`; the model lives in `strategy`'s scope."""
     # What `python -m tfbert.export run_dir=...` rebuilds the model from.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     tf_keras.utils.set_random_seed(cfg.seed)
-    exporter = instantiate(cfg.export)  # a bad export setting fails now, not after training
+    exporter = build(cfg, "export")  # a bad export setting fails now, not after training
 
-    task: TaskData = instantiate(cfg.task)
+    task: TaskData = build(cfg, "task")
     log.info("task %s (%s): %s", task.name, task.problem_type, task.summary()["sizes"])
     write_json(run_dir / "task.json", task.summary())
     preprocessor = Preprocessor(load_tokenizer(cfg.model.name_or_path), task.max_length)
@@ -72,22 +83,25 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
 
     # The model, optimizer, metrics and checkpoints are created in the strategy's scope.
     with strategy.scope():
-        backbone = instantiate(cfg.model)
-        check_max_length(task.max_length, backbone)  # before training, not at the first long batch
-        head = instantiate(cfg.head)(num_outputs=task.num_outputs)
+        backbone = build(cfg, "model")
+        with config_group("task", cfg.task):
+            check_max_length(task.max_length, backbone)  # before training, not at the first long batch
+        head = build(cfg, "head", num_outputs=task.num_outputs)
         model = build_classifier(backbone, head)
-        exporter.check(backbone)  # export.branches against the encoder's heads, before training
+        with config_group("export", cfg.export):
+            exporter.check(backbone)  # export.branches against the encoder's heads, before training
         fit_model, fit_train, fit_validation = model, train_data, validation_data
         if not backbone.trainable_weights:  # a frozen encoder: encode once, train the head on its outputs
             fit_model, fit_train, fit_validation = feature_extraction(
                 backbone, head, pipeline, train_data, validation_data
             )
-        optimizer = instantiate(cfg.optimizer)(
-            num_train_steps=trainer.optimizer_steps(stats["batches"]), num_layers=backbone.config.num_hidden_layers
+        optimizer = build(
+            cfg, "optimizer",
+            num_train_steps=trainer.optimizer_steps(stats["batches"]), num_layers=backbone.config.num_hidden_layers,
         )
         loss, train_metrics = loss_and_metrics(task.problem_type, task.threshold)
-        insight = instantiate(cfg.insight)(
-            run_dir=run_dir, backbone=backbone, head=head, tokenizer=preprocessor.tokenizer,
+        insight = build(
+            cfg, "insight", run_dir=run_dir, backbone=backbone, head=head, tokenizer=preprocessor.tokenizer,
             validation=tokenized["validation"], label_names=task.label_names, problem_type=task.problem_type,
             monitor=trainer.monitor, hparams=flat_hparams(cfg),
         )
