@@ -61,8 +61,11 @@ def test_backbones_use_it_and_compute_what_transformers_computes():
     for gradient, gradient_ref in zip(gradients, gradients_ref):
         if gradient is None:
             continue
-        np.testing.assert_allclose(tf.convert_to_tensor(gradient).numpy(), tf.convert_to_tensor(gradient_ref).numpy(),
-                                   rtol=1e-4, atol=1e-6)
+        expected = tf.convert_to_tensor(gradient_ref).numpy()
+        # float32 rounding of sums of terms as large as the gradient's largest: near-zero elements
+        # differ by that, not by their own size (seen: 3.8e-6 on -0.0052, in a gradient up to 80)
+        np.testing.assert_allclose(tf.convert_to_tensor(gradient).numpy(), expected,
+                                   rtol=1e-4, atol=1e-6 * max(1.0, np.abs(expected).max()))
 
 
 def test_other_activations_are_left_alone():
