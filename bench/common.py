@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -174,6 +175,12 @@ def machine_line(info: dict) -> str:
 def report_footer(report: dict) -> list[str]:
     """The closing markdown lines of a results table: the machine, then the exact command."""
     return ["", machine_line(report["machine"]), "", f"Command: `{report['command']}`"]
+
+
+def mean_std(values: list[float], digits: int = 4) -> str:
+    """`0.8123 ± 0.0100` over several values (sample std); just the value for one."""
+    mean = statistics.mean(values)
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
 def add_worker_arguments(parser, workers) -> None:

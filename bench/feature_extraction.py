@@ -34,7 +34,7 @@ import tf_keras
 from hydra import compose as hydra_compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from common import ROOT, load_average_at_end, machine_info, peak_rss_mb, report_footer, write_results
+from common import ROOT, load_average_at_end, machine_info, mean_std, peak_rss_mb, report_footer, write_results
 from tfbert.classifier import build_classifier
 from tfbert.evaluation import evaluate
 from tfbert.features import build_head_model, encode_split
@@ -123,13 +123,8 @@ def markdown(report: dict) -> str:
     ]
     for head in dict.fromkeys(row["head"] for row in report["runs"]):
         rows = [row for row in report["runs"] if row["head"] == head]
-
-        def summary(key, digits=4):
-            values = [row[key] for row in rows]
-            spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
-            return f"{statistics.mean(values):.{digits}f}{spread}"
-
-        lines.append(f"| {head} | {summary('test_accuracy')} | {summary('test_f1_macro')} "
+        lines.append(f"| {head} | {mean_std([row['test_accuracy'] for row in rows])} "
+                     f"| {mean_std([row['test_f1_macro'] for row in rows])} "
                      f"| {statistics.mean(row['train_examples_per_second'] for row in rows):,.0f} |")
     met = "met" if speed["speedup"] >= TARGET_SPEEDUP else "not met"
     lines += [

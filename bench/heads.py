@@ -10,12 +10,11 @@ bench/results/heads.json and bench/results/heads.md.
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
 
-from common import ROOT, load_average_at_end, machine_info, report_footer, write_results
+from common import ROOT, load_average_at_end, machine_info, mean_std, report_footer, write_results
 
 
 def run_one(head: str, seed: int, overrides: list[str]) -> dict:
@@ -47,17 +46,10 @@ def markdown(report: dict) -> str:
     ]
     for head in dict.fromkeys(row["head"] for row in rows):
         mine = [row for row in rows if row["head"] == head]
-
-        def summary(key, scale=1.0, digits=4):
-            values = [row[key] * scale for row in mine]
-            mean = statistics.mean(values)
-            if len(values) == 1:
-                return f"{mean:.{digits}f}"
-            return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
         lines.append(
-            f"| {head} | {len(mine)} | {summary('test_accuracy')} | {summary('test_f1_macro')} "
-            f"| {summary('wall_seconds', 1 / 60, 1)} |"
+            f"| {head} | {len(mine)} | {mean_std([row['test_accuracy'] for row in mine])} "
+            f"| {mean_std([row['test_f1_macro'] for row in mine])} "
+            f"| {mean_std([row['wall_seconds'] / 60 for row in mine], digits=1)} |"
         )
     lines += ["", "Wall time: the whole `python train.py` process (data, training, evaluation, export).",
               *report_footer(report)]
