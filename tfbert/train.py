@@ -65,6 +65,9 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
     exporter = build(cfg, "export")  # a bad export setting fails now, not after training
 
     task: TaskData = build(cfg, "task")
+    # Its variables are made when the classifier calls it, in the strategy's scope; built
+    # here, a bad head setting fails before tokenization.
+    head = build(cfg, "head", num_outputs=task.num_outputs)
     log.info("task %s (%s): %s", task.name, task.problem_type, task.summary()["sizes"])
     write_json(run_dir / "task.json", task.summary())
     preprocessor = Preprocessor(load_tokenizer(cfg.model.name_or_path), task.max_length)
@@ -86,7 +89,6 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
         backbone = build(cfg, "model")
         with config_group("task", cfg.task):
             check_max_length(task.max_length, backbone)  # before training, not at the first long batch
-        head = build(cfg, "head", num_outputs=task.num_outputs)
         model = build_classifier(backbone, head)
         with config_group("export", cfg.export):
             exporter.check(backbone)  # export.branches against the encoder's heads, before training
