@@ -142,3 +142,20 @@ def test_a_bad_value_hydra_wraps_is_named_too():
     with pytest.raises(ConfigError, match=r"^trainer.epochs must be a positive integer, got 0$"), \
             config_group("trainer", {"epochs": 3}):
         instantiate(compose_config("model=tiny", "trainer.epochs=0").trainer)
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["task=files"], "task.train_file has no value (it is ??? in the config); set it: task.train_file=..."),
+    (["task=files", "task.train_file=/nowhere/train.csv"], "task: data file /nowhere/train.csv does not exist"),
+])
+def test_a_missing_value_or_file_is_named_by_its_group(overrides, named):
+    with pytest.raises(ConfigError) as raised, config_group("task", {"train_file": None}):
+        instantiate(compose_config("model=tiny", *overrides).task)
+    assert str(raised.value) == named
+
+
+def test_a_model_that_is_not_there_is_one_line_before_tokenizing(snippets_file, tmp_path):
+    result = train_py("model=tiny", f"task.data_file={snippets_file}", "model.name_or_path=/nowhere/bert",
+                      f"run_dir={tmp_path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("tfbert: model '/nowhere/bert': expected a directory")

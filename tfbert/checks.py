@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from hydra.errors import InstantiationException
+from omegaconf.errors import MissingMandatoryValue
 
 
 def is_number(value) -> bool:
@@ -32,15 +33,21 @@ class ConfigError(ValueError):
 
 @contextmanager
 def config_group(group: str, keys) -> Iterator[None]:
-    """Raise a ValueError from building config group `group` (its `keys`) as a ConfigError
-    that names the key: `dropout must be ...` from the head becomes `head.dropout must be ...`."""
+    """Raise a ValueError (or a FileNotFoundError: a path that is not there) from building
+    config group `group` (its `keys`) as a ConfigError that names the key: `dropout must
+    be ...` from the head becomes `head.dropout must be ...`. A key the config leaves `???`
+    (task.train_file of task=files) is named the same way."""
     try:
         yield
     except ConfigError:
         raise
-    except (ValueError, InstantiationException) as error:
+    except MissingMandatoryValue as error:
+        raise ConfigError(
+            f"{error.full_key} has no value (it is ??? in the config); set it: {error.full_key}=..."
+        ) from None
+    except (ValueError, FileNotFoundError, InstantiationException) as error:
         if isinstance(error, InstantiationException):  # Hydra's wrapper around what the constructor raised
-            if not isinstance(error.__cause__, ValueError):
+            if not isinstance(error.__cause__, (ValueError, FileNotFoundError)):
                 raise
             error = error.__cause__
         message = str(error)
