@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -25,6 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 TORCH_VERSION = "2.13.0"
+
+
+def announce() -> str:
+    """The command that started this bench script, quoted as a shell takes it; printed first
+    (a results file records it)."""
+    command = shlex.join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    print(f"$ {command}", flush=True)
+    return command
 
 
 def require_torch(script: str) -> None:

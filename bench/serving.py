@@ -36,13 +36,12 @@ pip install torch==2.13.0 (the `bench` extra).
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from common import (
-    run_if_worker,
+    announce, run_if_worker,
     load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, onednn_enabled, profile_lines, profile_op_types,
     report_footer, peak_rss_mb, require_torch, run_worker, write_results,
 )
@@ -275,8 +274,7 @@ def main():
         return
     read_run(args.export, args.run_dir)  # an unusable export fails now, not in a worker
     require_torch("bench/serving.py")
-    command = "python bench/serving.py " + " ".join(sys.argv[1:])
-    print(f"$ {command}", flush=True)
+    command = announce()
     info = machine_info()
     rounds = []
     with tempfile.TemporaryDirectory() as pytorch_dir:

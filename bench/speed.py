@@ -57,13 +57,12 @@ installed: pip install torch==2.13.0 (the `bench` extra).
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import (
-    run_if_worker,
+    announce, run_if_worker,
     ROOT, load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, onednn_enabled, profile_lines, profile_op_types,
     report_footer, peak_rss_mb, require_torch, run_worker,
     write_results,
@@ -642,8 +641,7 @@ def main():
     if run_if_worker(args, WORKERS):
         return
     require_torch("bench/speed.py")
-    command = "python bench/speed.py " + " ".join(sys.argv[1:])
-    print(f"$ {command}", flush=True)
+    command = announce()
     info = machine_info()
     script, arguments = Path(__file__), worker_arguments(args)
 

@@ -24,9 +24,8 @@ bench/results/variants.{json,md}.
 import argparse
 import os
 import statistics
-import sys
 
-from common import load_average_at_end, load_tensorflow, machine_info, report_footer, write_results
+from common import announce, load_average_at_end, load_tensorflow, machine_info, report_footer, write_results
 from speed import fit_timed, tfbert_training
 
 
@@ -122,8 +121,7 @@ def parse_args(argv=None):
 
 def main():
     args = parse_args()
-    command = "python bench/variants.py " + " ".join(f"'{arg}'" if " " in arg else arg for arg in sys.argv[1:])
-    print(f"$ {command}", flush=True)
+    command = announce()
     info = machine_info()
     import tfbert  # noqa: F401  (tfbert's environment before TensorFlow loads)
 
