@@ -522,6 +522,16 @@ def precision_lines(report: dict) -> list[str]:
     ]
 
 
+def own_bound_sentence(report: dict) -> str:
+    """How close tfbert came to the rate its layer's matmuls reach alone, in the type it multiplied in."""
+    own = multiplied_in(report)
+    if own is None:
+        return ""
+    name, peak, layer = own
+    mfu = report["systems"]["tfbert"]["performed_gflops_per_second"] / peak
+    return f" tfbert multiplied in {name}: its MFU against the {name} peak is {mfu / layer:.0%} of that bound."
+
+
 def mfu_bound_lines(report: dict) -> list[str]:
     """Why the MFU is what it is: the profile's matmul share of the op time times the rate the
     layer's matmuls reach alone (in the type tfbert multiplied in) bounds it, and what that
@@ -594,10 +604,10 @@ def markdown(report: dict) -> str:
         f"{report['matmul_runs'][0]['layer_tokens']:,} tokens: batch x 32) reach "
         + ", ".join(f"{run['layer_gflops']:.1f}" for run in report["matmul_runs"])
         + f" GFLOP/s in the same order, {report['layer_matmul_share']:.0%} of the peak at best: with "
-        f"these kernels, a training step of this model cannot reach a higher MFU. tfbert's MFU is "
-        f"{tfbert['mfu'] / report['layer_matmul_share']:.0%} of it. In bfloat16 they reach "
+        f"these kernels, a float32 training step of this model cannot reach a higher MFU. In bfloat16 they reach "
         + ", ".join(f"{run['bfloat16_layer_gflops']:.1f}" for run in report["matmul_runs"])
-        + f" GFLOP/s, {report['bfloat16_layer_matmul_share']:.0%} of the bfloat16 peak.",
+        + f" GFLOP/s, {report['bfloat16_layer_matmul_share']:.0%} of the bfloat16 peak."
+        + own_bound_sentence(report),
         "",
         *precision_lines(report),
         *target_lines(report),
