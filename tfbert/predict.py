@@ -1,4 +1,4 @@
-"""Classify texts with an exported SavedModel; needs only tensorflow and tensorflow_text.
+"""Classify texts with an exported SavedModel; loads only tensorflow and tensorflow_text.
 
     python -m tfbert.predict <export> "a gripping film" "dull and long"
     python -m tfbert.predict <export> --input reviews.csv --output predictions.jsonl
