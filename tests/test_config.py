@@ -14,7 +14,7 @@ from tests.conftest import ROOT, compose_config
 from tfbert.checks import ConfigError, config_group
 
 GROUPS = {name: sorted(path.stem for path in (ROOT / "conf" / name).glob("*.yaml"))
-          for name in ("task", "model", "head", "optimizer", "trainer")}
+          for name in ("task", "model", "head", "optimizer", "trainer", "export")}
 
 
 def test_defaults():

@@ -1,4 +1,4 @@
-"""tfbert: fine-tune BERT-family encoders for text classification with TensorFlow."""
+"""tfbert: fine-tune BERT encoders for text classification with TensorFlow."""
 
 import os
 

@@ -154,8 +154,8 @@ class ValidationInsights(tf_keras.callbacks.Callback):
     It is the run's validation: one forward pass over the split gives the epoch's logs
     `val_loss`, the compiled metrics (`val_accuracy`, ...) and `val_f1_macro` (so Keras'
     TensorBoard, the checkpoint and the progress line see them; Trainer skips Keras' own
-    validation pass when a callback `validates`; under a multi-replica strategy Keras'
-    pass stays and this one adds `val_f1_macro`), and writes to `log_dir`:
+    validation pass when a callback `validates`; under a strategy other than one_device
+    Keras' pass stays and this one adds `val_f1_macro`), and writes to `log_dir`:
         confusion_matrix            image, true labels as rows
         pr_curve_<label>/pr_curves  one-vs-rest precision-recall curve per label
         misclassified               table of text, true label, predicted label, probability

@@ -13,8 +13,8 @@ The config batch size is the GLOBAL batch: Keras splits each batch across the
 
 With `multi_worker` only the chief (TF_CONFIG task `chief` 0, else `worker` 0) keeps
 what it writes; every other worker writes to a temporary dir that is deleted at the end
-(`worker_dir`). Keras' own callbacks (TensorBoard, ModelCheckpoint, BackupAndRestore)
-redirect other workers' writes themselves, so they take the shared run dir on every worker.
+(`worker_dir`). Keras' BackupAndRestore (tfbert.checkpoints.Backup) redirects other
+workers' writes itself, so the backup alone takes the shared run dir on every worker.
 """
 
 import contextlib

@@ -94,7 +94,7 @@ class FusedAdamW(tf_keras.optimizers.AdamW):
     step. The 11.7M-weight word embeddings of a 30k vocabulary then cost a few hundred
     rows per step instead of three full passes; rows a batch does not use stay as they
     are, where AdamW would keep moving them on their old momentum. Without it, the
-    gradient is made dense and AdamW updates every row. bench/results/speed.md has the
+    gradient is made dense and AdamW updates every row. bench/results/HISTORY.md has the
     effect of both. `amsgrad` keeps Keras' step.
 
     Args:

@@ -1,7 +1,8 @@
 """Tokenized splits -> tf.data: length buckets, dynamic padding, shuffling, prefetch.
 
 Examples of similar length are batched together and each batch is padded only to
-its own longest example, never to max_length, so little compute goes to padding.
+its own longest example (or, with `pad_to_bucket_boundary`, for XLA, to its bucket's
+boundary), never to max_length, so little compute goes to padding.
 """
 
 import datasets

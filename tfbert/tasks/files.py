@@ -1,7 +1,7 @@
 """task=files: labelled data from local CSV, TSV, JSON Lines or Parquet files.
 
-Files are read by `datasets`, which keeps an Arrow copy in its cache, so tokenizing the
-same file with the same tokenizer again is served from that cache.
+Files are read by `datasets`; tokenizing the same rows with the same tokenizer again
+is served from tfbert.preprocessing's cache of token ids.
 """
 
 from pathlib import Path

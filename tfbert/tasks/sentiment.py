@@ -4,7 +4,8 @@
 file ships inside the source distribution of vaderSentiment 3.3.2, so it is fetched
 from the package index pip already uses, checked against a pinned sha256, and
 cached in the user cache directory. The label is the sign of the mean valence;
-the 37 sentences rated exactly 0 are dropped.
+the 37 sentences rated exactly 0 are dropped (task=sentiment_valence, a regression on
+the mean valence itself, keeps them).
 """
 
 import hashlib
