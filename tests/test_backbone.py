@@ -67,7 +67,8 @@ def test_random_init_uses_the_overrides(tiny_backbone):
     config = tiny_backbone.config
     assert (config.hidden_size, config.num_hidden_layers) == (32, 2)
     assert config.vocab_size == 30522  # MiniLM's vocabulary, so its tokenizer fits
-    assert tiny_backbone.built
+    word_embeddings = tiny_backbone.bert.embeddings.weight
+    assert tuple(word_embeddings.shape) == (30522, 32)
 
 
 def test_a_misspelt_config_override_is_named():

@@ -170,7 +170,24 @@ def test_a_validating_callback_replaces_keras_validation(tmp_path):
         tmp_path, callbacks=[Validator()],
     )
     assert history.history["val_accuracy"] == [0.5, 0.6]
-    assert ValidationInsights.validates
+
+
+def test_validation_insights_are_the_validation_on_one_device_only(tiny_backbone, tokenizer, task, tmp_path):
+    """Without a strategy or with one_device its pass is the run's validation; over a
+    mirrored strategy (replicas whose metrics only sum up in Keras' pass) it is not."""
+    from tfbert.heads import ClsHead
+    from tfbert.preprocessing import Preprocessor
+
+    validation = Preprocessor(tokenizer, task.max_length)(task.splits)["validation"]
+    insights = ValidationInsights(
+        tiny_backbone, ClsHead(num_outputs=2), tokenizer, validation, task.label_names,
+        log_dir=tmp_path / "insights", projector_dir=tmp_path / "projector", monitor=None,
+    )
+    assert insights.validates is True
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        assert insights.validates is True
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        assert insights.validates is False
 
 
 @pytest.mark.parametrize("monitor, values, epochs_run, best", [
@@ -237,7 +254,6 @@ def test_a_monitor_the_run_does_not_log_fails_before_training(tmp_path, monitor)
         Trainer(epochs=1, monitor=monitor).fit(
             classifier, create_adamw(num_train_steps=1), *loss_and_metrics("single_label"), unusable, 1, unusable, tmp_path,
         )
-    assert "val_f1_macro" in ValidationInsights.logged_metrics  # with validation insights, the run logs it
 
 
 @pytest.mark.parametrize("setting, value", [("max_examples", -1), ("attention_maps", -2), ("attention_maps", 1.5)])

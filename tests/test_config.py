@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, compose_config
 from tfbert.checks import ConfigError, config_group
+from tfbert.tasks.labeled import build_task
 
 GROUPS = {name: sorted(path.stem for path in (ROOT / "conf" / name).glob("*.yaml"))
           for name in ("task", "model", "head", "optimizer", "trainer", "export")}
@@ -30,13 +31,48 @@ def test_every_head_builds(head):
     assert layer.num_outputs == 3 and layer.get_config()["dropout"] == 0.1
 
 
+def named_parameters(function) -> set[str]:
+    return {name for name, parameter in inspect.signature(function).parameters.items()
+            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) and name != "self"}
+
+
+def takes_any_keyword(function) -> bool:
+    return any(parameter.kind == parameter.VAR_KEYWORD for parameter in inspect.signature(function).parameters.values())
+
+
+# Loaders whose **kwargs go on to another function, whose parameters they accept too.
+KEYWORDS_PASSED_ON = {"tfbert.tasks.files.load_files": build_task, "tfbert.tasks.hub.load_hub": build_task}
+
+
+def accepted_keys(target_path: str) -> set[str]:
+    """The config keys `_target_` accepts: its parameters, a class's along its tfbert base
+    classes (a head's **kwargs reach ClassificationHead, then Keras' own checks), a loader's
+    plus those of the function its **kwargs go to."""
+    target = hydra.utils.get_method(target_path)
+    if inspect.isclass(target):
+        classes = [cls for cls in target.__mro__ if "__init__" in vars(cls) and cls.__module__.startswith("tfbert")]
+        return set().union(*(named_parameters(cls.__init__) for cls in classes))
+    keys = named_parameters(target)
+    if takes_any_keyword(target):
+        assert target_path in KEYWORDS_PASSED_ON, f"{target_path} takes **kwargs: say where they go"
+        keys |= named_parameters(KEYWORDS_PASSED_ON[target_path])
+    return keys
+
+
 @pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])
 def test_config_keys_are_constructor_arguments(group, option):
     node = OmegaConf.to_container(compose_config(f"{group}={option}")[group], resolve=False)
-    target = hydra.utils.get_method(node.pop("_target_"))
+    target = node.pop("_target_")
     node.pop("_partial_", None)
-    signature = inspect.signature(target.__init__ if inspect.isclass(target) else target)
-    signature.bind_partial(*([None] if inspect.isclass(target) else []), **node)  # raises on an unknown key
+    unknown = set(node) - accepted_keys(target)
+    assert not unknown, f"conf/{group}/{option}.yaml: {sorted(unknown)} are no arguments of {target}"
+
+
+def test_a_misspelt_key_is_caught_through_keyword_arguments():
+    assert "dropout" in accepted_keys("tfbert.heads.MeanPoolingHead")  # ClassificationHead's, through **kwargs
+    assert "text_column" in accepted_keys("tfbert.tasks.files.load_files")  # build_task's
+    assert "dropuot" not in accepted_keys("tfbert.heads.MeanPoolingHead")
+    assert "text_colum" not in accepted_keys("tfbert.tasks.hub.load_hub")
 
 
 @pytest.mark.parametrize("task, problem_type", [("sentiment", "single_label"), ("sentiment_valence", "regression")])
@@ -54,8 +90,12 @@ def test_files_task_builds(tmp_path):
 
 @pytest.mark.parametrize("model", ["tiny"])
 def test_models_build(model):
-    backbone = instantiate(compose_config(f"model={model}").model)
-    assert backbone.built
+    cfg = compose_config(f"model={model}")
+    backbone = instantiate(cfg.model)
+    overrides = cfg.model.config_overrides
+    assert (backbone.config.hidden_size, backbone.config.num_hidden_layers) == (
+        overrides.hidden_size, overrides.num_hidden_layers)
+    assert backbone.trainable_weights  # built, with weights that train
 
 
 def test_optimizer_and_trainer_build():

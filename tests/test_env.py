@@ -14,12 +14,20 @@ GOOD = {
 }
 
 
-def test_installed_stack_passes():
-    check_environment(installed_versions())
+def test_installed_stack_is_read_and_passes():
+    versions = installed_versions()
+    assert {"tensorflow", "tf-keras", "tensorflow-text", "transformers"} <= {
+        name for name, version in versions.items() if version}
+    assert check_environment(versions) is None  # no IncompatibleEnvironment
 
 
-def test_good_versions_pass():
-    check_environment(GOOD)
+@pytest.mark.parametrize("changes", [
+    {}, {"keras": None},  # Keras 3 beside tf-keras does no harm, nor does its absence
+    {"tf-keras": "2.21.3", "tensorflow-text": "2.21.0"},  # only major.minor must match TensorFlow's
+    {"transformers": "4.99.0"},
+])
+def test_good_versions_pass(changes):
+    assert check_environment({**GOOD, **changes}) is None
 
 
 @pytest.mark.parametrize(

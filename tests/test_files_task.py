@@ -76,7 +76,10 @@ def test_balanced_class_weights(tmp_path):
     rows = [(f"t{i}", "rare" if i % 4 == 0 else "common") for i in range(80)]
     task = load_files(str(write_csv(tmp_path / "train.csv", rows)), class_weight="balanced")
     weights = task.class_weights()
-    assert weights[task.label_names.index("rare")] > 1 > weights[task.label_names.index("common")]
+    # Stratified 80% of 20 rare and 60 common rows: 16 and 48 of 64; weight = 64 / (2 classes x count).
+    assert list(task.splits["train"]["label"]).count(task.label_names.index("rare")) == 16
+    assert weights[task.label_names.index("rare")] == pytest.approx(64 / (2 * 16))
+    assert weights[task.label_names.index("common")] == pytest.approx(64 / (2 * 48))
 
 
 # ---- bad input: each stops with the file, the row and the value ----
