@@ -85,7 +85,7 @@ def frozen_run(snippets_file, tmp_path_factory):
     return run_dir, run(cfg), cfg
 
 
-def test_frozen_run_trains_the_head_only_and_exports(frozen_run):
+def test_frozen_run_restores_its_best_epoch_and_exports_it(frozen_run):
     run_dir, metrics, cfg = frozen_run
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
     best = json.loads((run_dir / "checkpoints" / "best.json").read_text())

@@ -56,7 +56,12 @@ def test_multi_label_from_lists_and_strings(tmp_path):
     assert task.label_names == ("a", "b")
     assert sorted(map(tuple, task.splits["train"]["label"])) [0] == (0.0, 0.0)  # no labels is a valid row
     strings = write_csv(tmp_path / "multi.csv", [(f"t{i}", ["a", "a,b", "b"][i % 3]) for i in range(30)])
-    assert load_files(str(strings), problem_type="multi_label").label_names == ("a", "b")
+    task = load_files(str(strings), problem_type="multi_label")
+    assert task.label_names == ("a", "b")
+    expected = {"a": (1.0, 0.0), "a,b": (1.0, 1.0), "b": (0.0, 1.0)}
+    for split in task.splits.values():
+        for text, label in zip(split["text"], split["label"]):
+            assert tuple(label) == expected[["a", "a,b", "b"][int(text[1:]) % 3]], text
 
 
 def test_an_empty_multi_label_separator_is_named(tmp_path):

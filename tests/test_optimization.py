@@ -30,6 +30,10 @@ def test_layer_norm_and_bias_are_not_decayed():
     optimizer.build(dense.trainable_variables)
     kernel, bias = dense.kernel, dense.bias
     assert optimizer._use_weight_decay(kernel) and not optimizer._use_weight_decay(bias)
+    # TFBertModel's names: .../attention/output/LayerNorm/gamma, .../embeddings/LayerNorm/beta
+    for name in ("attention/output/LayerNorm/gamma", "embeddings/LayerNorm/beta"):
+        assert not optimizer._use_weight_decay(tf.Variable(tf.ones(3), name=name))
+    assert optimizer._use_weight_decay(tf.Variable(tf.ones((3, 3)), name="attention/self/query/kernel"))
 
 
 @pytest.mark.parametrize(
@@ -238,11 +242,21 @@ def test_layer_decay_trains_inside_fit():
     from tfbert.heads import ClsHead
 
     model = build_classifier(load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG), ClsHead(2))
-    optimizer = create_adamw(num_train_steps=2, layer_decay=0.8, num_layers=2)
+    # epsilon far below any gradient: Adam's first step then moves each weight by its learning rate
+    optimizer = create_adamw(num_train_steps=2, layer_decay=0.8, num_layers=2, epsilon=1e-12)
     model.compile(optimizer, tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     tokens = {name: np.ones((4, 5), np.int32) for name in INPUT_NAMES}
-    history = model.fit(tokens, np.array([0, 1, 0, 1]), batch_size=2, verbose=0)
+    tokens["input_ids"] = np.array([[101, 2204, 3185, 102, 0]] * 4, np.int32)
+    watched = {"word_embeddings/weight": 0.8**3, "layer_._0/intermediate/dense/kernel": 0.8**2,
+               "layer_._1/intermediate/dense/kernel": 0.8, "cls_head/logits/kernel": 1.0}
+    variables = {key: next(v for v in model.trainable_variables if key in v.name) for key in watched}
+    before = {key: variable.numpy() for key, variable in variables.items()}
+    history = model.fit(tokens, np.array([0, 1, 0, 1]), batch_size=4, verbose=0)  # one step, no warmup
     assert np.isfinite(history.history["loss"]).all()
+    # The largest moves scale down the encoder as layer_decay says, inside fit's compiled step too.
+    largest = {key: np.abs(variable.numpy() - before[key]).max() for key, variable in variables.items()}
+    for key, scale in watched.items():
+        assert largest[key] / largest["cls_head/logits/kernel"] == pytest.approx(scale, rel=0.02), key
     clone = type(optimizer).from_config(optimizer.get_config())
     assert (clone.layer_decay, clone.num_layers) == (0.8, 2)
 
