@@ -281,3 +281,37 @@ def test_flat_hparams_are_scalars():
 @pytest.mark.parametrize("seconds, text", [(42.4, "42s"), (185, "3m05s"), (3725, "1h02m")])
 def test_duration(seconds, text):
     assert duration(seconds) == text
+
+
+def test_a_bfloat16_model_gives_float32_insights(tokenizer, task, tmp_path):
+    """A model trained in mixed_bfloat16 computes its attentions and features in bfloat16;
+    the figures and the projector get them as float32 (matplotlib cannot draw bfloat16)."""
+    import tf_keras
+
+    from tests.conftest import MINILM, TINY_CONFIG
+    from tfbert.backbone import load_backbone
+    from tfbert.classifier import build_classifier
+    from tfbert.figures import attention_figure, png_bytes
+    from tfbert.heads import ClsHead
+    from tfbert.preprocessing import Preprocessor
+
+    tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        backbone = load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG)
+        head = ClsHead(num_outputs=2)
+        model = build_classifier(backbone, head)
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    validation = Preprocessor(tokenizer, task.max_length)(task.splits)["validation"]
+    insights = ValidationInsights(
+        backbone, head, tokenizer, validation, task.label_names, log_dir=tmp_path / "insights",
+        projector_dir=tmp_path / "projector", monitor=None,
+    )
+    insights.set_model(model)
+    assert backbone(**insights._padded([0]), output_attentions=True).attentions[-1].dtype == tf.bfloat16
+    weights = insights.cls_attention([0, 1])
+    assert [row.dtype for row in weights] == [np.float32, np.float32]
+    tokens = tokenizer.convert_ids_to_tokens(insights.token_ids[0])
+    assert png_bytes(attention_figure(tokens, weights[0], "bfloat16 model")).startswith(b"\x89PNG")
+    logits, pooled = insights.predict()
+    assert logits.dtype == pooled.dtype == np.float32 and np.isfinite(pooled).all()

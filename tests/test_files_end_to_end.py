@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -57,8 +58,9 @@ def test_three_classes(three_class_run):
     assert "carved from train" in task["provenance"]["test"]
     assert len(metrics["test"]["confusion_matrix"]) == 3
     predictions = predict_cli(run_dir / "export" / "files", "vote senate law", "goal match team")
-    assert [p["label"] in task["label_names"] for p in predictions] == [True, True]
-    assert all(len(p["probabilities"]) == 3 for p in predictions)
+    for prediction in predictions:  # the label is the most probable class, named
+        assert len(prediction["probabilities"]) == 3
+        assert prediction["label"] == task["label_names"][int(np.argmax(prediction["probabilities"]))]
 
 
 def test_multi_label(multi_label_run):
@@ -67,4 +69,6 @@ def test_multi_label(multi_label_run):
     predictions = predict_cli(run_dir / "export" / "files", "atom cell lab and vote senate law")
     (prediction,) = predictions
     assert len(prediction["probabilities"]) == 3 and all(0 <= p <= 1 for p in prediction["probabilities"])
-    assert "predicted" in prediction
+    # predicted: the classes whose probability reaches the task's threshold
+    threshold = json.loads((run_dir / "task.json").read_text())["threshold"]
+    assert prediction["predicted"] == [p >= threshold for p in prediction["probabilities"]]

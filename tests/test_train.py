@@ -8,6 +8,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import compose_config
+from tfbert.checks import ConfigError
 from tfbert.train import run
 
 
@@ -59,12 +60,17 @@ def test_tensorboard_logs_and_best_checkpoint_restored(tiny_run):
 def test_export_serves_token_ids(tiny_run, tokenizer):
     run_dir, _ = tiny_run
     (saved_model,) = run_dir.glob("export/**/saved_model.pb")
-    served = tf.saved_model.load(str(saved_model.parent)).signatures["serve_ids"]
+    loaded = tf.saved_model.load(str(saved_model.parent))
+    served = loaded.signatures["serve_ids"]
     tokens = tokenizer(["a wonderful movie", "dull and tedious"], padding=True, return_tensors="np")
     outputs = served(**{name: tf.constant(tokens[name], tf.int32) for name in ("input_ids", "attention_mask", "token_type_ids")})
     assert outputs["probabilities"].shape == (2, 2)
     np.testing.assert_allclose(outputs["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
-    assert set(outputs["label"].numpy()) <= {b"negative", b"positive"}
+    # The same texts, raw, through serving_default (in-graph tokenizer, packed encoder): the same answer.
+    from_text = loaded.signatures["serving_default"](text=tf.constant(["a wonderful movie", "dull and tedious"]))
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), from_text["probabilities"].numpy(), atol=1e-5)
+    names = np.array([b"negative", b"positive"])
+    assert outputs["label"].numpy().tolist() == names[outputs["probabilities"].numpy().argmax(axis=1)].tolist()
 
 
 def test_the_precision_auto_chose_is_recorded_and_the_export_computes_in_float32(tiny_run, tokenizer):
@@ -78,6 +84,22 @@ def test_the_precision_auto_chose_is_recorded_and_the_export_computes_in_float32
     # float32 weights, and the class names (export.ServingModule.label_names)
     assert {variable.dtype for variable in serving_default.variables} == {tf.float32, tf.string}
     assert loaded.label_names.numpy().tolist() == [b"negative", b"positive"]
+    graph = serving_default.graph.as_graph_def()
+    ops = [node for function in graph.library.function for node in function.node_def]
+    assert ops and not [node.name for node in ops if node.attr["T"].type == tf.bfloat16.as_datatype_enum]
+
+
+def test_a_bfloat16_run_exports_float32(snippets_file, tmp_path):
+    """Whatever this machine's `auto` picks: a run trained in mixed_bfloat16 serves in float32."""
+    cfg = compose_config(
+        "model=tiny", f"task.data_file={snippets_file}", "trainer.epochs=1", "task.max_train_samples=32",
+        "trainer.precision=mixed_bfloat16", "insight.validation_insights=false", f"run_dir={tmp_path}",
+    )
+    assert run(cfg)["train_precision"] == "mixed_bfloat16"
+    (saved_model,) = tmp_path.glob("export/**/saved_model.pb")
+    loaded = tf.saved_model.load(str(saved_model.parent))
+    serving_default = loaded.signatures["serving_default"]
+    assert {variable.dtype for variable in serving_default.variables} == {tf.float32, tf.string}
     graph = serving_default.graph.as_graph_def()
     ops = [node for function in graph.library.function for node in function.node_def]
     assert ops and not [node.name for node in ops if node.attr["T"].type == tf.bfloat16.as_datatype_enum]
@@ -99,7 +121,7 @@ def test_a_max_length_beyond_the_position_embeddings_fails_before_training(snipp
 
 def test_a_fractional_batch_size_is_named_before_the_replicas_are_counted(snippets_file, tmp_path):
     cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", "pipeline.batch_size=3.5", f"run_dir={tmp_path}")
-    with pytest.raises(Exception, match="batch_size must be a whole number above 0, got 3.5"):
+    with pytest.raises(ConfigError, match="^pipeline.batch_size must be a whole number above 0, got 3.5$"):
         run(cfg)
     assert not tmp_path.joinpath("config.yaml").exists()
 

@@ -292,15 +292,16 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         return self.apply_head(features)
 
     def predict(self) -> tuple[np.ndarray, np.ndarray]:
-        """(logits (examples, classes), pooled features (examples, features)) in split order."""
+        """(logits (examples, classes), pooled features (examples, features)) in split order,
+        float32 whatever the model computed in (matplotlib and the projector take no bfloat16)."""
         order = np.argsort([len(ids) for ids in self.token_ids], kind="stable")  # little padding
         logits, pooled = None, None
         for start in range(0, len(order), self.batch_size):
             indices = order[start : start + self.batch_size]
             batch_logits, batch_pooled = (outputs.numpy() for outputs in self._forward(start, indices))
             if logits is None:
-                logits = np.empty((len(order), *batch_logits.shape[1:]), batch_logits.dtype)
-                pooled = np.empty((len(order), *batch_pooled.shape[1:]), batch_pooled.dtype)
+                logits = np.empty((len(order), *batch_logits.shape[1:]), np.float32)
+                pooled = np.empty((len(order), *batch_pooled.shape[1:]), np.float32)
             logits[indices], pooled[indices] = batch_logits, batch_pooled
         return logits, pooled
 
@@ -341,14 +342,14 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         return figures
 
     def cls_attention(self, indices) -> list[np.ndarray]:
-        """What [CLS] attends to in the last layer, (heads, length) per example at `indices`.
+        """What [CLS] attends to in the last layer, (heads, length) float32 per example at `indices`.
 
         One call over the examples padded together: padding gets no attention, so each
         example's row over its own tokens is what a call on it alone gives.
         """
         indices = list(indices)
         encoded = self.backbone(**self._padded(indices), output_attentions=True, training=False)
-        rows = encoded.attentions[-1][:, :, 0, :].numpy()  # (examples, heads, longest)
+        rows = encoded.attentions[-1][:, :, 0, :].numpy().astype(np.float32)  # (examples, heads, longest)
         return [rows[row, :, : len(self.token_ids[index])] for row, index in enumerate(indices)]
 
     def _write_projector(self, pooled: np.ndarray, predicted: np.ndarray) -> None:
