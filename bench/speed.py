@@ -460,23 +460,24 @@ def summarize(name: str, run: dict, peak_gflops: float) -> dict:
     }
 
 
-def multiplied_in(report: dict) -> tuple[str, float, float] | None:
+def multiplied_in(report: dict) -> tuple[str, float, float, float] | None:
     """What tfbert's matmuls multiplied in, that type's matmul peak (GFLOP/s, measured in this
-    run) and the share of it the layer's matmuls reach alone; None for a type not measured."""
+    run), the share of it the layer's matmuls reach alone, and tfbert's MFU against that
+    peak; None for a type not measured."""
     precision = report["runs"]["tfbert"]["settings"]["precision"]
     if precision == "float32":
-        return "float32", report["matmul_peak_gflops"], report["layer_matmul_share"]
-    if precision == "mixed_bfloat16":
-        return "bfloat16", report["bfloat16_matmul_peak_gflops"], report["bfloat16_layer_matmul_share"]
-    return None
+        name, peak, layer = "float32", report["matmul_peak_gflops"], report["layer_matmul_share"]
+    elif precision == "mixed_bfloat16":
+        name, peak, layer = "bfloat16", report["bfloat16_matmul_peak_gflops"], report["bfloat16_layer_matmul_share"]
+    else:
+        return None
+    return name, peak, layer, report["systems"]["tfbert"]["performed_gflops_per_second"] / peak
 
 
 def like_for_like_mfu(report: dict) -> float | None:
     """tfbert's MFU against the peak of the type it multiplied in (for a 16-bit run; None otherwise)."""
     own = multiplied_in(report)
-    if own is None or own[0] == "float32":
-        return None
-    return report["systems"]["tfbert"]["performed_gflops_per_second"] / own[1]
+    return None if own is None or own[0] == "float32" else own[3]
 
 
 # Issue 5's targets for this benchmark: (what, measured from the report, target, higher is
@@ -527,8 +528,7 @@ def own_bound_sentence(report: dict) -> str:
     own = multiplied_in(report)
     if own is None:
         return ""
-    name, peak, layer = own
-    mfu = report["systems"]["tfbert"]["performed_gflops_per_second"] / peak
+    name, _, layer, mfu = own
     return f" tfbert multiplied in {name}: its MFU against the {name} peak is {mfu / layer:.0%} of that bound."
 
 
@@ -539,7 +539,7 @@ def mfu_bound_lines(report: dict) -> list[str]:
     tfbert, own = report["runs"]["tfbert"], multiplied_in(report)
     if "profile" not in tfbert or own is None:
         return []
-    name, peak, layer = own
+    name, peak, layer, mfu = own
     matmul = tfbert["profile"]["matmul"]
     needed = MFU_TARGET / layer
     need = (
@@ -552,8 +552,7 @@ def mfu_bound_lines(report: dict) -> list[str]:
         "",
         f"Why: matmuls took {matmul:.0%} of tfbert's op time (the profile below); at the rate the layer's "
         f"{name} matmuls reach alone, {layer:.0%} of the {name} peak ({peak:.1f} GFLOP/s), that caps the MFU "
-        f"against it at about {matmul * layer:.0%} (measured "
-        f"{report['systems']['tfbert']['performed_gflops_per_second'] / peak:.1%}): {need}.",
+        f"against it at about {matmul * layer:.0%} (measured {mfu:.1%}): {need}.",
     ]
 
 

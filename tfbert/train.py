@@ -70,7 +70,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
     head = build(cfg, "head", num_outputs=task.num_outputs)
     log.info("task %s (%s): %s", task.name, task.problem_type, task.summary()["sizes"])
     write_json(run_dir / "task.json", task.summary())
-    with config_group("model", cfg.model):  # a model that is not there is named before any TensorFlow work
+    with config_group("model", cfg.model):  # a model that is not there: named before tokenizing
         preprocessor = Preprocessor(load_tokenizer(cfg.model.name_or_path), task.max_length)
     tokenized = preprocessor(task.splits)
     for split, rows in tokenized.items():
