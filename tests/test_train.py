@@ -73,20 +73,26 @@ def test_export_serves_token_ids(tiny_run, tokenizer):
     assert outputs["label"].numpy().tolist() == names[outputs["probabilities"].numpy().argmax(axis=1)].tolist()
 
 
+def export_serving_in_float32(run_dir):
+    """The run's loaded SavedModel, once its serving_default is checked to hold float32 weights
+    (and the class names, strings) and to compute no op in bfloat16."""
+    (saved_model,) = run_dir.glob("export/**/saved_model.pb")
+    loaded = tf.saved_model.load(str(saved_model.parent))
+    serving_default = loaded.signatures["serving_default"]
+    assert {variable.dtype for variable in serving_default.variables} == {tf.float32, tf.string}
+    graph = serving_default.graph.as_graph_def()
+    ops = [node for function in graph.library.function for node in function.node_def]
+    assert ops and not [node.name for node in ops if node.attr["T"].type == tf.bfloat16.as_datatype_enum]
+    return loaded
+
+
 def test_the_precision_auto_chose_is_recorded_and_the_export_computes_in_float32(tiny_run, tokenizer):
     from tfbert.precision import auto_precision, cpu_flags, gpu_compute_capabilities
 
     run_dir, metrics = tiny_run
     assert metrics["train_precision"] == auto_precision("default", gpu_compute_capabilities(), cpu_flags())[0]
-    (saved_model,) = run_dir.glob("export/**/saved_model.pb")
-    loaded = tf.saved_model.load(str(saved_model.parent))
-    serving_default = loaded.signatures["serving_default"]
-    # float32 weights, and the class names (export.ServingModule.label_names)
-    assert {variable.dtype for variable in serving_default.variables} == {tf.float32, tf.string}
-    assert loaded.label_names.numpy().tolist() == [b"negative", b"positive"]
-    graph = serving_default.graph.as_graph_def()
-    ops = [node for function in graph.library.function for node in function.node_def]
-    assert ops and not [node.name for node in ops if node.attr["T"].type == tf.bfloat16.as_datatype_enum]
+    loaded = export_serving_in_float32(run_dir)
+    assert loaded.label_names.numpy().tolist() == [b"negative", b"positive"]  # export.ServingModule.label_names
 
 
 def test_a_bfloat16_run_exports_float32(snippets_file, tmp_path):
@@ -96,13 +102,7 @@ def test_a_bfloat16_run_exports_float32(snippets_file, tmp_path):
         "trainer.precision=mixed_bfloat16", "insight.validation_insights=false", f"run_dir={tmp_path}",
     )
     assert run(cfg)["train_precision"] == "mixed_bfloat16"
-    (saved_model,) = tmp_path.glob("export/**/saved_model.pb")
-    loaded = tf.saved_model.load(str(saved_model.parent))
-    serving_default = loaded.signatures["serving_default"]
-    assert {variable.dtype for variable in serving_default.variables} == {tf.float32, tf.string}
-    graph = serving_default.graph.as_graph_def()
-    ops = [node for function in graph.library.function for node in function.node_def]
-    assert ops and not [node.name for node in ops if node.attr["T"].type == tf.bfloat16.as_datatype_enum]
+    export_serving_in_float32(tmp_path)
 
 
 def test_more_export_branches_than_heads_fail_before_training(snippets_file, tmp_path):
