@@ -192,9 +192,26 @@ def mean_std(values: list[float], digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
+def at_least(least: int):
+    """An argparse type: an integer no smaller than `least` (argparse names the flag in its error)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+    parse.__name__ = "integer"  # argparse's message for a non-number: "invalid integer value: 'x'"
+    return parse
+
+
+def quick_banner(report: dict) -> list[str]:
+    """The markdown's first lines for a --quick run, which checks the script and measures nothing."""
+    return ["**QUICK run (--quick): checks that the script works; not a measurement.**", ""] if report["quick"] else []
+
+
 def add_worker_arguments(parser, workers) -> None:
     """The arguments both benchmarks share: thread count, and the hidden worker-process ones."""
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every framework (default: all cores)")
+    parser.add_argument("--threads", type=at_least(1), default=os.cpu_count(),
+                        help="threads of every framework (default: all cores)")
     parser.add_argument("--worker", choices=workers, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
 

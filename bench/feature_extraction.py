@@ -34,7 +34,7 @@ import tf_keras
 from hydra import compose as hydra_compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from common import ROOT, load_average_at_end, machine_info, mean_std, peak_rss_mb, report_footer, write_results
+from common import ROOT, at_least, load_average_at_end, machine_info, mean_std, peak_rss_mb, report_footer, write_results
 from tfbert.classifier import build_classifier
 from tfbert.evaluation import evaluate
 from tfbert.features import build_head_model, encode_split
@@ -145,8 +145,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heads", nargs="+", default=HEADS, choices=HEADS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--warmup", type=int, default=3, help="fine-tuning batches before timing")
-    parser.add_argument("--steps", type=int, default=20, help="fine-tuning batches timed")
+    parser.add_argument("--warmup", type=at_least(1), default=3, help="fine-tuning batches before timing")
+    parser.add_argument("--steps", type=at_least(1), default=20, help="fine-tuning batches timed")
     parser.add_argument("--quick", action="store_true", help="2 heads, 1 seed, 500 train examples, 2 epochs")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.epochs=5")
     args = parser.parse_args()

@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 
-from common import load_average_at_end, load_tensorflow, machine_info, machine_line, write_results
+from common import at_least, load_average_at_end, load_tensorflow, machine_info, machine_line, write_results
 
 CALLS_PER_ROUND = 20
 
@@ -121,15 +121,12 @@ def markdown(report: dict) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--length", type=int, default=31, help="padded tokens per sentence (default 31: a median batch)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--length", type=at_least(1), default=31, help="padded tokens per sentence (default 31: a median batch)")
+    parser.add_argument("--batch-size", type=at_least(1), default=32)
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="TensorFlow threads (default: all cores)")
+    parser.add_argument("--rounds", type=at_least(1), default=20)
+    parser.add_argument("--threads", type=at_least(1), default=os.cpu_count(), help="TensorFlow threads (default: all cores)")
     args = parser.parse_args(argv)
-    for name in ("length", "batch_size", "rounds", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     info = machine_info()
     import tfbert  # noqa: F401  (oneDNN kernels on, as in a tfbert run, before TensorFlow loads)
 

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from common import (
-    announce, run_if_worker,
+    announce, at_least, quick_banner, run_if_worker,
     load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, onednn_enabled, profile_lines, profile_op_types,
     report_footer, peak_rss_mb, require_torch, run_worker, write_results,
 )
@@ -197,10 +197,7 @@ WORKERS = {"tensorflow": run_tensorflow, "pytorch": run_pytorch}
 def markdown(report: dict) -> str:
     rounds, ratios = report["rounds"], report["ratios"]
     tf_row = rounds[0]["tensorflow"]
-    lines = []
-    if report["quick"]:
-        lines += ["**QUICK run (--quick): checks that the script works; not a measurement.**", ""]
-    lines += [
+    lines = quick_banner(report) + [
         f"Serving {report['export']}: batch-{BATCH_SIZE} throughput over {report['sentences']} sentences, "
         f"batch-1 latency over {report['latency_calls']} calls, {report['threads']} threads, {len(rounds)} rounds "
         "(each round runs both systems, one after the other). Same weights "
@@ -241,14 +238,14 @@ def parse_args(argv=None):
     parser.add_argument("export", type=Path, help="an export version dir: <run_dir>/export/sentiment/1")
     parser.add_argument("--run-dir", type=Path, help="the run that made the export (default: three levels up)")
     parser.add_argument("--quick", action="store_true", help="fewer sentences and calls: a check in minutes")
-    parser.add_argument("--sentences", type=int, help="sentences for the throughput (default 2048; 256 with --quick)")
-    parser.add_argument("--latency-calls", type=int, help="batch-1 calls for the latency (default 300; 40 with --quick)")
-    parser.add_argument("--profile-calls", type=int,
+    parser.add_argument("--sentences", type=at_least(2), help="sentences for the throughput (default 2048; 256 with --quick)")
+    parser.add_argument("--latency-calls", type=at_least(2), help="batch-1 calls for the latency (default 300; 40 with --quick)")
+    parser.add_argument("--profile-calls", type=at_least(0),
                         help="batch-1 calls traced by the TensorFlow profiler after the timed ones "
                              "(default 100; 10 with --quick; 0: none)")
-    parser.add_argument("--rounds", type=int, help="rounds of both systems; the ratios are their medians "
+    parser.add_argument("--rounds", type=at_least(1), help="rounds of both systems; the ratios are their medians "
                         "(default 3; 1 with --quick)")
-    parser.add_argument("--tf-intra-op", type=int, default=1,
+    parser.add_argument("--tf-intra-op", type=at_least(1), default=1,
                         help="TensorFlow's threads per op (default 1, as tfbert.predict serves: ops run in "
                              "parallel on --threads inter-op threads; --tf-intra-op equal to --threads is "
                              "TensorFlow's default, every thread on every op)")
@@ -261,10 +258,6 @@ def parse_args(argv=None):
     args.rounds = args.rounds or (1 if args.quick else 3)
     if args.profile_calls is None:
         args.profile_calls = 10 if args.quick else 100
-    for name, least in (("sentences", 2), ("latency_calls", 2), ("threads", 1), ("tf_intra_op", 1), ("rounds", 1),
-                        ("profile_calls", 0)):
-        if getattr(args, name) < least:
-            parser.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
     return args
 
 

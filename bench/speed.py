@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import (
-    announce, run_if_worker,
+    announce, at_least, quick_banner, run_if_worker,
     ROOT, load_average_at_end, load_tensorflow, machine_info, add_worker_arguments, onednn_enabled, profile_lines, profile_op_types,
     report_footer, peak_rss_mb, require_torch, run_worker,
     write_results,
@@ -559,10 +559,7 @@ def mfu_bound_lines(report: dict) -> list[str]:
 def markdown(report: dict) -> str:
     rows = report["systems"]
     tfbert = rows["tfbert"]
-    lines = []
-    if report["quick"]:
-        lines += ["**QUICK run (--quick): checks that the script works; not a measurement.**", ""]
-    lines += [
+    lines = quick_banner(report) + [
         f"Training speed, batch {report['batch_size']}, {report['steps']} timed steps after "
         f"{report['warmup']} warmup steps, {report['threads']} threads; matmul peak "
         f"{report['matmul_peak_gflops']:.1f} GFLOP/s (float32, TensorFlow, the best of its default and oneDNN "
@@ -622,15 +619,15 @@ def markdown(report: dict) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10 timed steps, small matmuls: a check in minutes")
-    parser.add_argument("--steps", type=int, help="timed training steps per system (default 200; 10 with --quick)")
-    parser.add_argument("--warmup", type=int, help="untimed steps first (default 10; 2 with --quick)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=at_least(1), help="timed training steps per system (default 200; 10 with --quick)")
+    parser.add_argument("--warmup", type=at_least(1), help="untimed steps first (default 10; 2 with --quick)")
+    parser.add_argument("--batch-size", type=at_least(1), default=32)
     add_worker_arguments(parser, WORKERS)
     parser.add_argument("--onednn", choices=("on", "off"), help=argparse.SUPPRESS)  # the matmul worker's kernels
-    parser.add_argument("--matmul-intra-op", type=int, help=argparse.SUPPRESS)  # and its threads per op
-    parser.add_argument("--matmul-sizes", type=int, nargs="+", help="square matmul sizes (default 1024 2048 3072 4096)")
+    parser.add_argument("--matmul-intra-op", type=at_least(1), help=argparse.SUPPRESS)  # and its threads per op
+    parser.add_argument("--matmul-sizes", type=at_least(1), nargs="+", help="square matmul sizes (default 1024 2048 3072 4096)")
     parser.add_argument("--matmul-seconds", type=float, default=3.0, help="time per matmul size")
-    parser.add_argument("--profile-steps", type=int, default=5,
+    parser.add_argument("--profile-steps", type=at_least(0), default=5,
                         help="tfbert steps traced by the TensorFlow profiler after the timed ones (0: none)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the tfbert run, e.g. trainer.jit_compile=true")
     args = parser.parse_args(argv)
@@ -639,9 +636,6 @@ def parse_args(argv=None):
     args.matmul_sizes = args.matmul_sizes or ([1024, 2048] if args.quick else [1024, 2048, 3072, 4096])
     if args.quick:
         args.matmul_seconds = min(args.matmul_seconds, 1.0)
-    for name in ("steps", "warmup", "batch_size", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     return args
 
 

@@ -25,7 +25,7 @@ import argparse
 import os
 import statistics
 
-from common import announce, load_average_at_end, load_tensorflow, machine_info, report_footer, write_results
+from common import announce, at_least, load_average_at_end, load_tensorflow, machine_info, report_footer, write_results
 from speed import fit_timed, tfbert_training
 
 
@@ -102,13 +102,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variants", nargs="+", help="NAME: OVERRIDE ... (quote each); the first is the baseline")
-    parser.add_argument("--steps", type=int, default=16, help="timed steps per variant and round (default 16)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="TensorFlow threads (default: all cores)")
+    parser.add_argument("--steps", type=at_least(1), default=16, help="timed steps per variant and round (default 16)")
+    parser.add_argument("--rounds", type=at_least(1), default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--threads", type=at_least(1), default=os.cpu_count(), help="TensorFlow threads (default: all cores)")
     args = parser.parse_args(argv)
-    for name in ("steps", "rounds", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     try:
         args.variants = [parse_variant(spec) for spec in args.variants]
     except ValueError as error:

@@ -40,3 +40,10 @@ def test_a_float32_run_has_no_second_mfu_row():
     assert f"tfbert multiplied in float32: its MFU against the float32 peak is {bound:.0%} of that bound." in text
     assert "tfbert trained in float32, as the other systems did." in text
     assert "against the bfloat16 matmul peak (it multiplied in bfloat16)" not in text
+
+
+def test_only_a_quick_run_is_marked_as_no_measurement():
+    report = copy.deepcopy(stored_report())
+    assert not markdown(report).startswith("**QUICK run")
+    report["quick"] = True
+    assert markdown(report).startswith("**QUICK run (--quick): checks that the script works; not a measurement.**")

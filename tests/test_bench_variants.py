@@ -23,11 +23,12 @@ def test_parse_variant():
 
 
 def test_parse_args_refuses_bad_input(capsys):
-    for argv in (["base:", "base: model=tiny"], ["base:", "--rounds", "0"], ["no colon"]):
+    for argv in (["base:", "base: model=tiny"], ["base:", "--rounds", "0"], ["base:", "--steps", "x"], ["no colon"]):
         with pytest.raises(SystemExit):
             parse_args(argv)
     errors = capsys.readouterr().err
-    assert "variant names must differ" in errors and "--rounds must be positive, got 0" in errors
+    assert "variant names must differ" in errors and "argument --rounds: must be at least 1, got 0" in errors
+    assert "argument --steps: invalid integer value: 'x'" in errors
     assert "variant 'no colon': expected NAME: OVERRIDE" in errors
 
 
