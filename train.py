@@ -8,13 +8,14 @@ import tfbert  # noqa: F401  (checks the environment before anything heavy is im
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    from tfbert.checkpoints import RunDirInUse
     from tfbert.checks import ConfigError
     from tfbert.evaluation import sweep_objective
     from tfbert.train import run
 
     try:
         return sweep_objective(run(cfg)["validation"])
-    except ConfigError as error:  # a bad config value, named by its key: no traceback needed
+    except (ConfigError, RunDirInUse) as error:  # the message says what to change: no traceback needed
         raise SystemExit(f"tfbert: {error}") from None
 
 

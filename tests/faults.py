@@ -39,8 +39,9 @@ def start(data_file, run_dir):
                             stderr=subprocess.STDOUT, text=True)
 
 
-def finish(data_file, run_dir) -> tuple[int, str]:
-    done = subprocess.run(train_args(data_file, run_dir), cwd=ROOT, capture_output=True, text=True, timeout=600)
+def finish(data_file, run_dir, *overrides: str) -> tuple[int, str]:
+    done = subprocess.run([*train_args(data_file, run_dir), *overrides], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -150,6 +151,45 @@ def nan_loss(space: Workspace) -> dict:
                "none" if finite and position == 5 and not (run_dir / "metrics.json").exists() else "backup")
 
 
+def signal_in_last_validation(space: Workspace) -> dict:
+    """SIGTERM after the last training step, at the last validation: the run backs up
+    its finished training and stops; the rerun goes straight to evaluation and export."""
+    import os
+
+    import tf_keras
+
+    from tests.conftest import compose_config
+    from tfbert.checkpoints import Preempted
+    from tfbert.trainer import Trainer
+    from tfbert.train import run
+
+    run_dir = space.run_dir("last_validation")
+    real_fit = Trainer.fit
+
+    class TermInLastValidation(tf_keras.callbacks.Callback):  # runs after the run's validation callback
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == self.params["epochs"] - 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def fit_with_signal(self, *args, callbacks=(), **kwargs):
+        return real_fit(self, *args, callbacks=[*callbacks, TermInLastValidation()], **kwargs)
+
+    cfg = compose_config(*train_args(space.data_file, run_dir)[2:-1], f"run_dir={run_dir}")
+    stopped = "no stop"
+    with mock.patch.object(Trainer, "fit", fit_with_signal):
+        try:
+            run(cfg)
+        except Preempted as error:
+            stopped = "stopped, backup saved" if "stopped on SIGTERM at epoch 2" in str(error) else str(error)
+    tf_keras.backend.clear_session()
+    code, output = finish(space.data_file, run_dir)
+    resumed = "no training left" if "training had finished when the run stopped" in output else "trained again"
+    same = code == 0 and metrics(run_dir) == space.reference
+    observed = f"{stopped}; {resumed}; metrics {'identical' if same else 'differ'}"
+    return row("SIGTERM at the last validation, rerun", "stopped, backup saved; no training left; metrics identical",
+               observed, "none" if same else "training or metrics")
+
+
 def corrupt_backup(space: Workspace) -> dict:
     """A backup whose data file is damaged is refused, naming it, and left in place."""
     run_dir = space.run_dir("corrupt")
@@ -221,6 +261,21 @@ def full_disk_metrics(space: Workspace) -> dict:
                observed, "none" if intact else "metrics.json")
 
 
+def finished_run_dir_reused(space: Workspace) -> dict:
+    """A new run (another seed) in a finished run's dir is refused before it writes anything there."""
+    run_dir = space.run_dir("reference")
+    space.reference  # the finished run
+    files = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file() and ".hydra" not in path.parts
+             and path.name != "train.log"}  # Hydra itself logs and records every launch
+    code, output = finish(space.data_file, run_dir, "seed=7")
+    named = f"{run_dir} holds a finished run" in output and "Traceback" not in output
+    untouched = all(path.read_bytes() == content for path, content in files.items())
+    observed = f"exit {code}; {'refused, run dir named' if named else 'NOT refused'}; "
+    observed += "finished run untouched" if untouched else "finished run changed"
+    return row("new run in a finished run's dir", "exit 1; refused, run dir named; finished run untouched", observed,
+               "none" if untouched else "the finished run's files")
+
+
 def unwritable_run_dir(space: Workspace) -> dict:
     """A run_dir that cannot be created stops the run at once, naming the path."""
     from tests.conftest import compose_config
@@ -242,8 +297,10 @@ SCENARIOS = [
     lambda space: interrupted_then_resumed(space, signal.SIGKILL, "sigkill"),
     lambda space: interrupted_then_resumed(space, signal.SIGTERM, "sigterm"),
     lambda space: interrupted_then_resumed(space, signal.SIGINT, "sigint"),  # Ctrl-C
+    signal_in_last_validation,
     nan_loss,
     corrupt_backup,
+    finished_run_dir_reused,
     interrupted_best_write,
     full_disk_metrics,
     unwritable_run_dir,

@@ -27,6 +27,10 @@ class CorruptCheckpoint(RuntimeError):
     """A checkpoint on disk cannot be read; the message names its path."""
 
 
+class RunDirInUse(FileExistsError):
+    """The run_dir holds what a new run would mix with; the message says what and what to do."""
+
+
 def write_json(path: Path, payload: dict) -> None:
     """Write JSON atomically (tfbert.atomic): the whole payload or the file as it was."""
     with atomic_file(path) as file:
@@ -117,6 +121,7 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         self.preempted_at = None
         self._signalled = False
         self._finite = True
+        self._last_batch = 0
 
     def on_train_begin(self, logs=None):
         self._previous_handlers = {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS}
@@ -133,22 +138,35 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         if not self._finite:
             return  # a NaN/inf step must never reach the backup
         super().on_train_batch_end(batch, logs)
+        self._last_batch = batch
         if self._signalled and self.preempted_at is None:
-            self._backup(epoch=self._current_epoch, batch=batch)
-            self.preempted_at = (self._current_epoch, batch, self._signalled)
+            self._preempt(batch)
             self.model.stop_training = True
+
+    def _preempt(self, batch: int) -> None:
+        self._backup(epoch=self._current_epoch, batch=batch)
+        self.preempted_at = (self._current_epoch, batch, self._signalled)
 
     def on_train_end(self, logs=None):
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
+        if self._signalled and self.preempted_at is None and self._finite:
+            # The signal came after the last step, in the last validation pass: a backup of the
+            # finished training lets a rerun go straight to evaluation and export.
+            self._preempt(self._last_batch)
         if self.preempted_at is not None or not self._finite:
             self.delete_checkpoint = False  # keep the last good backup to resume from
         super().on_train_end(logs)
 
 
+def latest_backup(backup_dir: Path) -> str | None:
+    """The newest backup checkpoint's prefix, or None when there is no backup."""
+    return tf.train.latest_checkpoint(str(Path(backup_dir) / "chief"))  # BackupAndRestore's layout
+
+
 def backup_position(backup_dir: Path, steps_per_epoch: int) -> int:
     """Training batches already done according to a backup (0 when there is none)."""
-    latest = tf.train.latest_checkpoint(str(Path(backup_dir) / "chief"))  # BackupAndRestore's layout
+    latest = latest_backup(backup_dir)
     if latest is None:
         return 0
     verify_checkpoint(latest)

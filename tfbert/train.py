@@ -59,6 +59,8 @@ def build(cfg: DictConfig, group: str, **arguments):
 
 def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distribute.Strategy, run_dir: Path) -> dict:
     """The body of run(): this process writes to `run_dir`; the model lives in `strategy`'s scope."""
+    backup_dir = Path(cfg.run_dir) / "backup"  # shared by all workers, to resume them together
+    trainer.check_run_dir(run_dir, backup_dir)  # before this run writes anything there
     # What `python -m tfbert.export run_dir=...` rebuilds the model from.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     tf_keras.utils.set_random_seed(cfg.seed)
@@ -120,7 +122,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
             run_dir=run_dir,
             class_weight=task.class_weights(),
             callbacks=insight,
-            backup_dir=Path(cfg.run_dir) / "backup",  # shared by all workers, to resume them together
+            backup_dir=backup_dir,
             checkpoint_model=model,
         )
         train_seconds = time.perf_counter() - started
@@ -131,7 +133,8 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
         "test": evaluate(model, test_data, *label_info),
         "train_padding_efficiency": stats["padding_efficiency"],
         "train_seconds": round(train_seconds, 1),
-        "train_epochs": history.epoch[-1] + 1,  # fewer than trainer.epochs after early stopping
+        # Fewer than trainer.epochs after early stopping; no epoch is left to run after a stop in the last one.
+        "train_epochs": history.epoch[-1] + 1 if history.epoch else trainer.epochs,
         "train_precision": trainer.precision,
     }
     write_json(run_dir / "metrics.json", metrics)

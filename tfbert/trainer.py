@@ -8,7 +8,9 @@ from pathlib import Path
 import tensorflow as tf
 import tf_keras
 
-from tfbert.checkpoints import Backup, BestCheckpoint, Preempted, backup_position, best_checkpoint
+from tfbert.checkpoints import (
+    Backup, BestCheckpoint, Preempted, RunDirInUse, backup_position, best_checkpoint, latest_backup,
+)
 from tfbert.checks import check_flags, is_whole_number
 from tfbert.objectives import checkpoint_monitor, lower_is_better
 from tfbert.pipeline import stream_epochs
@@ -182,6 +184,26 @@ class Trainer:
             steps_per_execution=self.steps_per_execution,
         )
 
+    def check_run_dir(self, run_dir: Path, backup_dir: Path) -> None:
+        """Raise RunDirInUse where training in `run_dir` would mix with another run: an
+        unfinished run's backup with `resume` never, or a finished run's best checkpoint (its
+        best value would stand for this run's, and its weights be restored if no epoch beat it).
+        Cheap: `fit` calls it, and a caller can before any work."""
+        run_dir, backup_dir = Path(run_dir), Path(backup_dir)
+        if latest_backup(backup_dir):
+            if self.resume == "never":
+                raise RunDirInUse(
+                    f"{backup_dir} holds an unfinished run; use trainer.resume=auto to continue it, "
+                    "or another run dir (hydra.run.dir=...) to start over"
+                )
+            return
+        best = run_dir / "checkpoints" / "best.json"
+        if best.is_file():
+            raise RunDirInUse(
+                f"{run_dir} holds a finished run ({best}, and no backup to resume): choose another run dir "
+                f"(hydra.run.dir=...) to train; `python -m tfbert.export run_dir={run_dir}` exports that run again"
+            )
+
     def fit(
         self,
         model: tf_keras.Model,
@@ -212,13 +234,11 @@ class Trainer:
         """
         run_dir = Path(run_dir)
         backup_dir = Path(backup_dir or run_dir / "backup")
+        self.check_run_dir(run_dir, backup_dir)
         done = backup_position(backup_dir, steps_per_epoch)  # verifies the backup, if any
-        if done and self.resume == "never":
-            raise FileExistsError(
-                f"{backup_dir} holds an unfinished run; use trainer.resume=auto to continue it, "
-                "or another run_dir to start over"
-            )
-        if done:
+        if done >= self.epochs * steps_per_epoch:
+            log.info("resuming from %s: training had finished when the run stopped", backup_dir)
+        elif done:
             log.info("resuming from %s: epoch %d, step %d", backup_dir, done // steps_per_epoch + 1,
                      done % steps_per_epoch)
         self.compile(model, optimizer, loss, metrics)
