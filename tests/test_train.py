@@ -112,6 +112,32 @@ def test_more_export_branches_than_heads_fail_before_training(snippets_file, tmp
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
 
 
+def test_a_taken_export_version_fails_before_training(snippets_file, tmp_path):
+    taken = tmp_path / "models" / "sentiment" / "1"
+    taken.mkdir(parents=True)
+    cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", f"export.export_dir={tmp_path / 'models'}",
+                         "export.version=1", f"run_dir={tmp_path / 'run'}")
+    with pytest.raises(ConfigError, match=f"^export.version=1: {taken} already exists; refusing to overwrite"):
+        run(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists() and list(taken.iterdir()) == []
+
+
+def test_a_tokenizer_the_export_cannot_reproduce_fails_before_training(snippets_file, tmp_path, monkeypatch):
+    from transformers import PreTrainedTokenizerFast
+
+    import tfbert.train
+    from tfbert.preprocessing import load_tokenizer
+
+    def not_wordpiece(name):  # tokenizes as BERT does, but is no BertTokenizer the graph can rebuild
+        return PreTrainedTokenizerFast(tokenizer_object=load_tokenizer(name).backend_tokenizer)
+
+    monkeypatch.setattr(tfbert.train, "load_tokenizer", not_wordpiece)
+    cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", f"run_dir={tmp_path}")
+    with pytest.raises(ConfigError, match="^model: in-graph tokenization .* got PreTrainedTokenizerFast"):
+        run(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_a_max_length_beyond_the_position_embeddings_fails_before_training(snippets_file, tmp_path):
     cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", "task.max_length=600", f"run_dir={tmp_path}")
     with pytest.raises(ValueError, match="task.max_length=600 is longer .* 512 position embeddings; set task.max_length to 512"):

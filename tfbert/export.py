@@ -165,9 +165,14 @@ class Exporter:
         self.version = version
         self.branches = branches
 
-    def check(self, backbone: tf_keras.Model) -> None:
-        """Fail now if `backbone` cannot be served in `branches` branches (more than its attention heads)."""
+    def check(self, backbone: tf_keras.Model, run_dir: Path, task_name: str) -> None:
+        """Fail now, not after training or loading: more `branches` than `backbone`'s attention
+        heads, or a `version` already taken."""
         check_branches(backbone, self.branches, "export.branches")
+        try:
+            self.version_dir(run_dir, task_name)
+        except FileExistsError as error:
+            raise ValueError(f"export.version={self.version}: {error}") from None
 
     def version_dir(self, run_dir: Path, task_name: str) -> Path:
         """`<export_dir>/<name>/<version>`, which must not exist yet."""
@@ -256,11 +261,10 @@ def export_run(run_dir: str | Path, **export_args) -> Path:
     task = instantiate(cfg.task)
     export_cfg = OmegaConf.merge({"_target_": f"{__name__}.Exporter"}, cfg.get("export") or {}, export_args)
     exporter = instantiate(export_cfg)
-    exporter.version_dir(run_dir, task.name)  # a taken version fails now, not after loading the model
     # The architecture comes from the config; every weight comes from the checkpoint.
     model = float32_classifier(cfg, task)
+    exporter.check(classifier_parts(model)[0], run_dir, task.name)  # before the weights load
     model.load_weights(str(checkpoint)).assert_existing_objects_matched().expect_partial()
-    exporter.check(classifier_parts(model)[0])
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     return export_classifier(model, task, cfg.model.name_or_path, run_dir, exporter, metrics)

@@ -129,14 +129,20 @@ class InGraphTokenizer(tf.Module):
             vocab, unknown_token=unk_token, token_out_type=tf.int32, lower_case_nfd_strip_accents=False
         )
 
+    @staticmethod
+    def check_reproducible(tokenizer: PreTrainedTokenizerBase) -> None:
+        """Raise ValueError unless `tokenizer` is one the graph reproduces (BERT WordPiece): a run
+        checks this before training, since its export tokenizes in the graph."""
+        if not isinstance(tokenizer, (BertTokenizer, BertTokenizerFast)):
+            raise ValueError(
+                f"in-graph tokenization (what the export serves) reproduces BERT WordPiece tokenizers only, "
+                f"got {type(tokenizer).__name__}; use a backbone with a BertTokenizer"
+            )
+
     @classmethod
     def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, max_length: int) -> "InGraphTokenizer":
         """The in-graph twin of a Hugging Face BERT (WordPiece) tokenizer."""
-        if not isinstance(tokenizer, (BertTokenizer, BertTokenizerFast)):
-            raise ValueError(
-                f"in-graph tokenization reproduces BERT WordPiece tokenizers only, got "
-                f"{type(tokenizer).__name__}; use a backbone with a BertTokenizer"
-            )
+        cls.check_reproducible(tokenizer)
         vocab = sorted(tokenizer.get_vocab().items(), key=lambda token_id: token_id[1])
         return cls(
             vocab=[token for token, _ in vocab],

@@ -20,7 +20,7 @@ from tfbert.objectives import loss_and_metrics
 from tfbert.export import export_classifier, float32_classifier
 from tfbert.features import feature_extraction
 from tfbert.pipeline import batch_stats
-from tfbert.preprocessing import Preprocessor, load_tokenizer
+from tfbert.preprocessing import InGraphTokenizer, Preprocessor, load_tokenizer
 from tfbert.report import run_summary
 from tfbert.tasks import TaskData
 
@@ -74,6 +74,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
     write_json(run_dir / "task.json", task.summary())
     with config_group("model", cfg.model):  # a model that is not there: named before tokenizing
         preprocessor = Preprocessor(load_tokenizer(cfg.model.name_or_path), task.max_length)
+        InGraphTokenizer.check_reproducible(preprocessor.tokenizer)  # the export's, before training
     tokenized = preprocessor(task.splits)
     for split, rows in tokenized.items():
         if truncated := preprocessor.count_truncated(rows):
@@ -94,7 +95,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
             check_max_length(task.max_length, backbone)  # before training, not at the first long batch
         model = build_classifier(backbone, head)
         with config_group("export", cfg.export):
-            exporter.check(backbone)  # export.branches against the encoder's heads, before training
+            exporter.check(backbone, run_dir, task.name)  # before training
         fit_model, fit_train, fit_validation = model, train_data, validation_data
         if not backbone.trainable_weights:  # a frozen encoder: encode once, train the head on its outputs
             fit_model, fit_train, fit_validation = feature_extraction(
