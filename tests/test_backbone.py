@@ -133,8 +133,9 @@ def test_what_trains(kwargs, parts):
     "kwargs, message",
     [
         ({"freeze": "encoder"}, "freeze must be one of none, embeddings, all; got 'encoder'"),
-        ({"trainable_layers": 3}, "between 0 and the encoder's 2 layers .* got 3"),
+        ({"trainable_layers": 3}, "a whole number from 0 to the encoder's 2 layers .* got 3"),
         ({"trainable_layers": -1}, "got -1"),
+        ({"trainable_layers": "two"}, "a whole number from 0 to the encoder's 2 layers .* got 'two'"),
         ({"freeze": "all", "trainable_layers": 1}, "freeze='all' .* trainable_layers=1"),
     ],
 )

@@ -228,3 +228,14 @@ def test_stratified_split_is_datasets_own_split():
         carve(alone, 0.4, seed=7)
     with pytest.raises(InvalidTaskData, match="holding out 0.1 of 6 examples keeps 5 and holds out 1, but .* each of the 3 classes"):
         carve(alone.add_item({"text": "y", "label": 2}), 0.1, seed=7)
+
+
+def test_a_misspelt_problem_type_is_named_before_the_labels_are_read(tmp_path):
+    with pytest.raises(InvalidTaskData, match=r"problem_type must be one of \['single_label', 'multi_label', 'regression'\], got 'regresion'"):
+        load_files(str(write_csv(tmp_path / "train.csv", topic_rows())), problem_type="regresion")
+
+
+def test_multi_label_cells_that_are_single_numbers_are_named(tmp_path):
+    rows = [(f"text {i}", i % 3) for i in range(30)]  # integers read from CSV: not lists, not strings
+    with pytest.raises(InvalidTaskData, match=r"row 1: label 0: multi-label labels must be lists or ','-separated strings"):
+        load_files(str(write_csv(tmp_path / "train.csv", rows)), problem_type="multi_label")

@@ -269,11 +269,14 @@ def test_layer_decay_trains_inside_fit():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"layer_decay": 1.5, "num_layers": 2}, r"layer_decay must be in \(0, 1\] .* got 1.5"),
+        ({"layer_decay": 1.5, "num_layers": 2}, r"layer_decay must be a number in \(0, 1\] .* got 1.5"),
+        ({"layer_decay": "abc", "num_layers": 2}, r"layer_decay must be a number in \(0, 1\] .* got 'abc'"),
         ({"layer_decay": 0.9}, "layer_decay needs num_layers.* got None"),
+        ({"warmup_ratio": 1.0}, r"warmup_ratio must be a number in \[0, 1\), got 1.0"),
+        ({"warmup_ratio": "abc"}, r"warmup_ratio must be a number in \[0, 1\), got 'abc'"),
     ],
 )
-def test_bad_layer_decay(kwargs, message):
+def test_bad_layer_decay_or_warmup(kwargs, message):
     with pytest.raises(ValueError, match=message):
         create_adamw(num_train_steps=10, **kwargs)
 

@@ -163,3 +163,21 @@ def test_default_minilm_trains_a_few_steps(vader_cache, tmp_path):
     assert metrics["test"]["examples"] == pytest.approx(0.02 * 10568, abs=2)
     assert np.isfinite(scalars(tmp_path / "tensorboard" / "train", "epoch_loss")).all()
     assert list(tmp_path.glob("export/**/saved_model.pb"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["head=last4_cls"], r"^head.num_layers=4: .* reads the \[CLS\] vectors of the top 4 layers, but the encoder has 2"),
+    (["model.freeze=all", "trainer.monitor=val_f1_macro", "insight.validation_insights=false"],
+     r"^trainer.monitor='val_f1_macro' is not a metric this run logs"),
+], ids=["head_deeper_than_encoder", "monitor_before_feature_extraction"])
+def test_settings_the_model_decides_are_named_before_training(snippets_file, tmp_path, overrides, message, monkeypatch):
+    import tfbert.train
+
+    def no_encoding(*args):
+        raise AssertionError("the frozen encoder's outputs were computed before the setting was checked")
+
+    monkeypatch.setattr(tfbert.train, "feature_extraction", no_encoding)
+    cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", *overrides, f"run_dir={tmp_path}")
+    with pytest.raises(ConfigError, match=message):
+        run(cfg)
+    assert not (tmp_path / "checkpoints").exists()

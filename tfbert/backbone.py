@@ -19,7 +19,7 @@ from transformers import BertConfig, TFBertModel
 from transformers.modeling_tf_outputs import TFBaseModelOutputWithPoolingAndCrossAttentions
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
-from tfbert.checks import check_flags
+from tfbert.checks import check_flags, is_whole_number
 from tfbert.dropout import use_fast_dropout
 from tfbert.gelu import use_float32_gelu
 from tfbert.layer_norm import use_fast_layer_norm
@@ -120,10 +120,10 @@ def load_backbone(
         raise ValueError(
             f"config_overrides {sorted(unknown)} are not BertConfig fields; its own fields: {', '.join(fields)}"
         )
-    if trainable_layers is not None and not 0 <= trainable_layers <= config.num_hidden_layers:
+    if trainable_layers is not None and not is_whole_number(trainable_layers, 0, config.num_hidden_layers):
         raise ValueError(
-            f"trainable_layers must be between 0 and the encoder's {config.num_hidden_layers} "
-            f"layers (or null for all), got {trainable_layers}"
+            f"trainable_layers must be a whole number from 0 to the encoder's {config.num_hidden_layers} "
+            f"layers (or null for all), got {trainable_layers!r}"
         )
     model = _load_weights(name_or_path, model_dir, config, random_init)
     use_float32_gelu(model)

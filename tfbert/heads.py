@@ -191,8 +191,8 @@ class LastLayersClsHead(ClassificationHead):
         encoder_layers = input_shape["hidden_states"][1] - 1  # hidden_states holds the embeddings too
         if self.num_layers > encoder_layers:
             raise ValueError(
-                f"{self.name} reads the [CLS] vectors of the top {self.num_layers} layers, but "
-                f"the encoder has {encoder_layers}; use num_layers between 1 and {encoder_layers}"
+                f"num_layers={self.num_layers}: {self.name} reads the [CLS] vectors of the top {self.num_layers} "
+                f"layers, but the encoder has {encoder_layers}; use num_layers between 1 and {encoder_layers}"
             )
         super().build(input_shape)
 

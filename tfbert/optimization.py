@@ -206,8 +206,8 @@ class LayerDecayAdamW(FusedAdamW):
     """
 
     def __init__(self, layer_decay: float, num_layers: int, **kwargs):
-        if not 0 < layer_decay <= 1:
-            raise ValueError(f"layer_decay must be in (0, 1] (or null for none), got {layer_decay}")
+        if not is_number(layer_decay) or not 0 < layer_decay <= 1:
+            raise ValueError(f"layer_decay must be a number in (0, 1] (or null for none), got {layer_decay!r}")
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(
                 f"layer_decay needs num_layers, the encoder's number of layers (a positive "
@@ -275,8 +275,8 @@ def warmup_linear_decay(
     """0 -> learning_rate over the first warmup_ratio of the steps, then linearly -> 0."""
     if num_train_steps < 1:
         raise ValueError(f"num_train_steps must be positive, got {num_train_steps}")
-    if not 0 <= warmup_ratio < 1:
-        raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+    if not is_number(warmup_ratio) or not 0 <= warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio must be a number in [0, 1), got {warmup_ratio!r}")
     warmup_steps = int(warmup_ratio * num_train_steps)
     decay = tf_keras.optimizers.schedules.PolynomialDecay(
         learning_rate, decay_steps=num_train_steps - warmup_steps, end_learning_rate=0.0

@@ -93,14 +93,10 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
         backbone = build(cfg, "model")
         with config_group("task", cfg.task):
             check_max_length(task.max_length, backbone)  # before training, not at the first long batch
-        model = build_classifier(backbone, head)
+        with config_group("head", cfg.head):  # a head that reads more layers than the encoder has
+            model = build_classifier(backbone, head)
         with config_group("export", cfg.export):
             exporter.check(backbone, run_dir, task.name)  # before training
-        fit_model, fit_train, fit_validation = model, train_data, validation_data
-        if not backbone.trainable_weights:  # a frozen encoder: encode once, train the head on its outputs
-            fit_model, fit_train, fit_validation = feature_extraction(
-                backbone, head, pipeline, train_data, validation_data
-            )
         optimizer = build(
             cfg, "optimizer",
             num_train_steps=trainer.optimizer_steps(stats["batches"]), num_layers=backbone.config.num_hidden_layers,
@@ -111,6 +107,13 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
             validation=tokenized["validation"], label_names=task.label_names, problem_type=task.problem_type,
             monitor=trainer.monitor, hparams=flat_hparams(cfg),
         )
+        with config_group("trainer", cfg.trainer):
+            trainer.checked_monitor(train_metrics, insight)  # before any encoding or training
+        fit_model, fit_train, fit_validation = model, train_data, validation_data
+        if not backbone.trainable_weights:  # a frozen encoder: encode once, train the head on its outputs
+            fit_model, fit_train, fit_validation = feature_extraction(
+                backbone, head, pipeline, train_data, validation_data
+            )
         started = time.perf_counter()
         history = trainer.fit(
             fit_model,

@@ -204,6 +204,17 @@ class Trainer:
                 f"(hydra.run.dir=...) to train; `python -m tfbert.export run_dir={run_dir}` exports that run again"
             )
 
+    def checked_monitor(self, metrics: list, callbacks: list) -> tuple[str, str]:
+        """The checkpoint monitor and its mode (`min` or `max`), checked against every val_*
+        metric the run will log (the compiled `metrics`' and those `callbacks` declare in
+        `logged_metrics`): a ValueError now, not at the end of the first epoch."""
+        monitor = checkpoint_monitor(self.monitor, (metric.name for metric in metrics))
+        logged = {"val_loss", *(f"val_{metric.name}" for metric in metrics),
+                  *(name for callback in callbacks for name in getattr(callback, "logged_metrics", ()))}
+        if monitor not in logged:
+            raise ValueError(f"trainer.monitor={monitor!r} is not a metric this run logs; it logs {sorted(logged)}")
+        return monitor, "min" if lower_is_better(monitor) else "max"
+
     def fit(
         self,
         model: tf_keras.Model,
@@ -242,13 +253,7 @@ class Trainer:
             log.info("resuming from %s: epoch %d, step %d", backup_dir, done // steps_per_epoch + 1,
                      done % steps_per_epoch)
         self.compile(model, optimizer, loss, metrics)
-        monitor = checkpoint_monitor(self.monitor, (metric.name for metric in metrics))
-        # Checked now, not at the end of the first epoch: every val_* metric this run will log.
-        logged = {"val_loss", *(f"val_{metric.name}" for metric in metrics),
-                  *(name for callback in callbacks for name in getattr(callback, "logged_metrics", ()))}
-        if monitor not in logged:
-            raise ValueError(f"trainer.monitor={monitor!r} is not a metric this run logs; it logs {sorted(logged)}")
-        mode = "min" if lower_is_better(monitor) else "max"
+        monitor, mode = self.checked_monitor(metrics, callbacks)
         # A callback that `validates` (tfbert.callbacks.ValidationInsights) runs the model
         # over the validation split anyway and logs the val_* metrics: no second pass.
         validated_by_callback = any(getattr(callback, "validates", False) for callback in callbacks)

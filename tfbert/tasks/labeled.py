@@ -14,6 +14,7 @@ import numpy as np
 
 from tfbert.tasks.task_data import (
     SPLITS,
+    PROBLEM_TYPES,
     InvalidTaskData,
     TaskData,
     carve,
@@ -56,6 +57,8 @@ def build_task(
     """
     if on_invalid not in ON_INVALID:
         raise InvalidTaskData(f"on_invalid must be one of {list(ON_INVALID)}, got {on_invalid!r}")
+    if problem_type not in PROBLEM_TYPES:  # before the labels are read the way it says
+        raise InvalidTaskData(f"problem_type must be one of {list(PROBLEM_TYPES)}, got {problem_type!r}")
     if problem_type == "multi_label" and not label_separator:
         raise InvalidTaskData("label_separator must not be empty for a multi_label task (e.g. `,` for `sports,politics`)")
     if "train" not in raw:
@@ -192,6 +195,8 @@ def _label_encoder(problem_type, train_labels, label_names, separator, feature, 
     def cell_names(value):
         if problem_type == "single_label":
             return [_class_name(value, feature)]
+        if not isinstance(value, (str, list, tuple, np.ndarray)):
+            raise ValueError(f"multi-label labels must be lists or {separator!r}-separated strings")
         items = value.split(separator) if isinstance(value, str) else list(value)
         inner = feature.feature if isinstance(feature, datasets.Sequence) else feature
         return [_class_name(item.strip() if isinstance(item, str) else item, inner) for item in items if str(item).strip()]
