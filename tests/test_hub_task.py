@@ -3,6 +3,7 @@
 import datasets
 import pytest
 
+from tfbert.tasks import InvalidTaskData
 from tfbert.tasks.hub import load_hub
 
 SENTENCES = [f"{word} film number {i}" for i in range(40) for word in ("a fine", "a dull")]
@@ -40,3 +41,11 @@ def test_an_unreachable_hub_says_what_else_works(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(ConnectionError, match=r"Couldn't reach 'glue'.*glue/sst2 is downloaded on first use.*use task=files"):
         load_hub("glue", "sst2", text_column="sentence")
+
+
+def test_a_namespaced_dataset_names_a_plain_export_directory(monkeypatch):
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub([]))
+    task = load_hub("stanfordnlp/sst2", None, text_column="sentence")
+    assert task.name == "stanfordnlp-sst2" and task.provenance["train"] == "stanfordnlp/sst2 [train]"
+    with pytest.raises(InvalidTaskData, match="a task's name names its export directory: a plain directory name, got 'a/b'"):
+        load_hub("glue", "sst2", text_column="sentence", task_name="a/b")

@@ -1,6 +1,8 @@
 """End to end: tfbert.train.run on the composed config, as `python train.py` runs it."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +57,17 @@ def test_tensorboard_logs_and_best_checkpoint_restored(tiny_run):
     assert best["value"] == pytest.approx(max(val_accuracy), abs=1e-6)
     assert (run_dir / "checkpoints" / f"{best['checkpoint']}.index").is_file()
     assert not (run_dir / "backup").exists()  # a finished run leaves no backup behind
+
+
+def test_the_summary_points_at_what_the_run_wrote(tiny_run):
+    from tfbert.report import run_summary
+
+    run_dir, metrics = tiny_run
+    (saved_model,) = run_dir.glob("export/**/saved_model.pb")
+    summary = run_summary(metrics, run_dir, saved_model.parent)
+    paths = re.findall(r"^  (?:metrics|checkpoint|SavedModel) +(\S+)|--logdir (\S+)$", summary, re.M)
+    paths = [Path(first or second) for first, second in paths]
+    assert len(paths) == 4 and all(path.exists() for path in paths), summary
 
 
 def test_export_serves_token_ids(tiny_run, tokenizer):

@@ -19,7 +19,7 @@ def run_summary(metrics: dict, run_dir: Path, export_dir: Path) -> str:
         "artifacts:",
         f"  metrics      {run_dir / 'metrics.json'}",
         f"  TensorBoard  tensorboard --logdir {run_dir / 'tensorboard'}",
-        f"  checkpoint   {run_dir / 'checkpoints' / 'best'}",
+        f"  checkpoint   {run_dir / 'checkpoints' / 'best.json'} (the best epoch's weights)",
         f"  SavedModel   {export_dir}",
     ]
     return "\n".join(lines)

@@ -22,7 +22,8 @@ def load_hub(
         train_split, validation_split, test_split: which hub splits to use; None carves
             that split from train (GLUE's test labels are hidden, so its ready configs
             test on `validation` and carve validation from train).
-        task_name: name for run directories; default `<path>/<name>`.
+        task_name: the task's name (the export's directory); default `<path>-<name>`, each
+            `/` of a namespaced path a `-` (`stanfordnlp-imdb`).
         columns_and_options: the arguments of `tfbert.tasks.labeled.build_task`.
     """
     wanted = {"train": train_split, "validation": validation_split, "test": test_split}
@@ -35,4 +36,4 @@ def load_hub(
             "after that; where the hub is out of reach, save its splits as files and use task=files"
         ) from None
     sources = {ours: f"{label} [{wanted[ours]}]" for ours in raw}
-    return build_task(task_name or label, raw, sources, **columns_and_options)
+    return build_task(task_name or label.replace("/", "-"), raw, sources, **columns_and_options)

@@ -55,6 +55,8 @@ def build_task(
         on_invalid: `error` stops at the first row with empty text or a missing label;
             `drop` removes such rows and logs how many.
     """
+    if not name or "/" in name or name.startswith("."):
+        raise InvalidTaskData(f"a task's name names its export directory: a plain directory name, got {name!r}")
     if on_invalid not in ON_INVALID:
         raise InvalidTaskData(f"on_invalid must be one of {list(ON_INVALID)}, got {on_invalid!r}")
     if problem_type not in PROBLEM_TYPES:  # before the labels are read the way it says
