@@ -200,12 +200,16 @@ def test_text_columns_must_be_text_or_a_pair(classifier, tokenizer):
 
 @pytest.fixture(scope="module")
 def finished_run(snippets_file, tmp_path_factory):
-    """A run dir as tfbert.train.run leaves it: config.yaml, metrics.json, the best checkpoint."""
+    """A run dir as tfbert.train.run leaves it: config.yaml, task.json, metrics.json, the best
+    checkpoint; its data file has gone since (a re-export reads task.json, not the data)."""
+    from hydra.utils import instantiate
+
     run_dir = tmp_path_factory.mktemp("finished_run")
     cfg = compose_config("model=tiny", "head=mean", f"task.data_file={snippets_file}", f"run_dir={run_dir}")
+    (run_dir / "task.json").write_text(json.dumps(instantiate(cfg.task).summary()))
+    cfg.task.data_file = str(run_dir / "moved_away.txt")
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     (run_dir / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5, "f1_macro": 0.4, "examples": 24}}))
-    from hydra.utils import instantiate
 
     model = build_classifier(instantiate(cfg.model), instantiate(cfg.head)(num_outputs=2))
     model.save_weights(str(run_dir / "checkpoints" / "best-0002"))

@@ -14,6 +14,7 @@ Re-export a finished run (its config.yaml and best checkpoint, checkpoints/best.
     python -m tfbert.export run_dir=outputs/... [export.name=sentiment] [export.version=2]
 """
 
+import inspect
 import json
 import shutil
 import sys
@@ -32,10 +33,8 @@ from tfbert.classifier import INPUT_NAMES, build_classifier, classifier_parts
 from tfbert.model_card import ModelCard
 from tfbert.packed import branch_weights, check_branches, packed_encoder_features
 from tfbert.preprocessing import TEXT_COLUMNS, InGraphTokenizer, load_tokenizer
-from tfbert.tasks import TaskData
+from tfbert.tasks import TaskData, TaskSpec
 from tfbert.tasks.task_data import PROBLEM_TYPES
-
-EXPORT_KEYS = ("export_dir", "name", "version", "branches")
 
 
 class ServingModule(tf.Module):
@@ -205,7 +204,7 @@ class Exporter:
 
 def export_classifier(
     model: tf_keras.Model,
-    task: TaskData,
+    task: TaskData | TaskSpec,
     backbone_name: str,
     run_dir: Path,
     exporter: Exporter | None = None,
@@ -225,7 +224,7 @@ def export_classifier(
     return exporter(module, card, run_dir)
 
 
-def float32_classifier(cfg: DictConfig, task: TaskData) -> tf_keras.Model:
+def float32_classifier(cfg: DictConfig, task: TaskData | TaskSpec) -> tf_keras.Model:
     """A run's classifier (its config's model and head) with float32 layers and random weights.
 
     What an export serves whatever precision the run trained in: give it the trained
@@ -253,12 +252,13 @@ def load_run_config(run_dir: Path) -> DictConfig:
 def export_run(run_dir: str | Path, **export_args) -> Path:
     """Rebuild a finished run's classifier from its config and best checkpoint, then export it.
 
-    `export_args` override the run's `export` config (export_dir, name, version).
+    `export_args` override the run's `export` config (export_dir, name, version, branches).
+    The task's labels and settings come from the run's task.json: no data is read.
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     checkpoint = best_checkpoint(run_dir)
-    task = instantiate(cfg.task)
+    task = TaskSpec.read(run_dir / "task.json")  # the labels it trained with; no data read
     export_cfg = OmegaConf.merge({"_target_": f"{__name__}.Exporter"}, cfg.get("export") or {}, export_args)
     exporter = instantiate(export_cfg)
     # The architecture comes from the config; every weight comes from the checkpoint.
@@ -272,16 +272,18 @@ def export_run(run_dir: str | Path, **export_args) -> Path:
 
 def main(argv: list[str]) -> None:
     """`run_dir=<run> [export.export_dir=...] [export.name=...] [export.version=...]`."""
-    usage = "usage: python -m tfbert.export run_dir=<run dir> [export.name=NAME] [export.version=N] [export.export_dir=DIR]"
+    usage = ("usage: python -m tfbert.export run_dir=<run dir> [export.name=NAME] [export.version=N] "
+             "[export.export_dir=DIR] [export.branches=N]")
     try:
         arguments = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
     except Exception as error:
         raise SystemExit(f"{usage}\ncannot parse {argv}: {error}") from None
     export_args = arguments.pop("export", None) or {}
-    unknown = sorted(arguments.keys() - {"run_dir"}) + sorted(f"export.{key}" for key in export_args.keys() - set(EXPORT_KEYS))
+    keys = list(inspect.signature(Exporter).parameters)
+    unknown = sorted(arguments.keys() - {"run_dir"}) + sorted(f"export.{key}" for key in export_args.keys() - set(keys))
     if unknown or "run_dir" not in arguments:
         problem = f"unknown keys {unknown}" if unknown else "run_dir is required"
-        raise SystemExit(f"{usage}\n{problem}; valid: run_dir, {', '.join('export.' + key for key in EXPORT_KEYS)}")
+        raise SystemExit(f"{usage}\n{problem}; valid: run_dir, {', '.join('export.' + key for key in keys)}")
     try:
         print(export_run(arguments["run_dir"], **export_args))
     except (FileExistsError, FileNotFoundError, ValueError, InstantiationException) as error:

@@ -8,7 +8,7 @@ import tf_keras
 
 from tfbert.heads import ClassificationHead
 from tfbert.predict import json_value
-from tfbert.tasks import TaskData
+from tfbert.tasks import TaskData, TaskSpec
 
 EXAMPLE_TEXTS = ("A gripping, beautifully acted film.", "Dull, and far too long.")
 EXAMPLE_PAIRS = ("It is a film about grief.", "It is a comedy.")
@@ -40,7 +40,7 @@ class ModelCard:
 
     @classmethod
     def describe(
-        cls, model: tf_keras.Model, task: TaskData, backbone_name: str, metrics: dict | None = None, branches: int = 2
+        cls, model: tf_keras.Model, task: TaskData | TaskSpec, backbone_name: str, metrics: dict | None = None, branches: int = 2
     ):
         """The card of `model`, a classifier built by tfbert.classifier.build_classifier."""
         (head,) = [layer for layer in model.layers if isinstance(layer, ClassificationHead)]

@@ -1,5 +1,6 @@
-"""Tasks: one module per data source, each returning a TaskData."""
+"""Tasks: one module per data source, each returning a TaskData; TaskSpec, a trained task
+read back without its data."""
 
-from tfbert.tasks.task_data import InvalidTaskData, TaskData
+from tfbert.tasks.task_data import InvalidTaskData, TaskData, TaskSpec
 
-__all__ = ["InvalidTaskData", "TaskData"]
+__all__ = ["InvalidTaskData", "TaskData", "TaskSpec"]

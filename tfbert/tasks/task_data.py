@@ -1,9 +1,11 @@
 """What every task hands to training: splits with `text` [, `text_pair`] and `label`."""
 
+import json
 import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -124,10 +126,44 @@ class TaskData:
             "label_names": list(self.label_names),
             "max_length": self.max_length,
             "threshold": self.threshold if self.problem_type == "multi_label" else None,
+            "text_pair": self.has_pairs,
             "class_weights": self.class_weights(),
             "sizes": {split: len(self.splits[split]) for split in SPLITS},
             "provenance": self.provenance,
         }
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A trained task without its data: what its classifier and export need, read back from
+    the run's task.json (`TaskData.summary`), so a re-export serves the labels the model
+    learned whatever the data files hold now, and needs no data at all."""
+
+    name: str
+    problem_type: str
+    label_names: tuple[str, ...]
+    max_length: int
+    threshold: float
+    has_pairs: bool
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.label_names)
+
+    @classmethod
+    def read(cls, path: Path) -> "TaskSpec":
+        summary = json.loads(Path(path).read_text())
+        try:
+            return cls(
+                name=summary["name"],
+                problem_type=summary["problem_type"],
+                label_names=tuple(summary["label_names"]),
+                max_length=summary["max_length"],
+                threshold=0.5 if summary["threshold"] is None else summary["threshold"],
+                has_pairs=summary["text_pair"],
+            )
+        except KeyError as missing:
+            raise ValueError(f"{path} has no {missing} (written by an older tfbert?)") from None
 
 
 def check_held_out(**sizes: float) -> None:
