@@ -143,9 +143,14 @@ def test_bad_texts_get_defined_predictions(serving, tmp_path, capsys, export_dir
     assert len(predictions[4]["text"]) == len(" ".join(words)) > 100_000
 
 
-def test_non_utf8_command_line_bytes(export_dir, capsys):
-    lines = run_cli(capsys, export_dir, "ok \udcff\udcfe fine")  # how Python decodes invalid argv bytes
-    assert len(lines) == 1 and lines[0].split("\t")[0] in ("negative", "positive")
+def test_non_utf8_command_line_bytes(export_dir, capsys, tmp_path):
+    output = tmp_path / "argv.jsonl"
+    # "\udcff\udcfe": how Python decodes argv bytes that are not UTF-8; they are dropped, as in files
+    lines = run_cli(capsys, export_dir, "ok \udcff\udcfe fine", "ok  fine", "ok ? fine", "--output", output)
+    broken, cleaned, replaced = [json.loads(line)["probabilities"] for line in output.read_text().splitlines()]
+    assert len(lines) == 3
+    np.testing.assert_allclose(broken, cleaned, atol=1e-6)
+    assert np.abs(np.array(replaced) - cleaned).max() > 1e-6  # a token in their place would show
 
 
 def test_batches_do_not_change_predictions(serving):
