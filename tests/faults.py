@@ -21,13 +21,12 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import write_snippets  # noqa: E402
+from tests.conftest import NO_DROPOUT_OVERRIDES, write_snippets  # noqa: E402
 
 
 def train_args(data_file: Path, run_dir: Path) -> list[str]:
     return [
-        sys.executable, "train.py", "model=tiny", "head=mean", "head.dropout=0",
-        "+model.config_overrides.hidden_dropout_prob=0", "+model.config_overrides.attention_probs_dropout_prob=0",
+        sys.executable, "train.py", "model=tiny", "head=mean", *NO_DROPOUT_OVERRIDES,
         f"task.data_file={data_file}", "pipeline.batch_size=4", "trainer.epochs=2",
         "trainer.backup_every_steps=5", "trainer.deterministic=true", "optimizer.learning_rate=1e-3",
         f"hydra.run.dir={run_dir}",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import MINILM, TINY_CONFIG, sharpen
+from tests.conftest import MINILM, TINY_CONFIG, TINY_NO_DROPOUT, sharpen
 from tfbert.backbone import load_backbone
 from tfbert.classifier import encoder_features
 from tfbert.model_dir import BackboneNotFound, resolve_model_dir
@@ -169,7 +169,7 @@ def test_cls_only_gives_the_full_models_cls_outputs(tokenizer):
 def test_cls_only_gives_the_full_models_gradients(tokenizer):
     backbone = load_backbone(
         MINILM, random_init=True,
-        config_overrides={**TINY_CONFIG, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+        config_overrides=TINY_NO_DROPOUT,
     )
     tokens = tiny_batch(tokenizer)
 

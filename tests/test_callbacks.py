@@ -1,16 +1,26 @@
 """Insight callbacks: a tiny run's TensorBoard event files hold every kind of summary."""
 
+import json
 import logging
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import compose_config
+from tests.conftest import MINILM, TINY_CONFIG, compose_config, scalars, tiny_classifier
+from tfbert.backbone import load_backbone
 from tfbert.callbacks import BestEpoch, ValidationInsights, duration, flat_hparams, insight_callbacks
+from tfbert.classifier import build_classifier
+from tfbert.figures import attention_figure, png_bytes
+from tfbert.heads import ClsHead
 from tfbert.objectives import loss_and_metrics
+from tfbert.optimization import create_adamw
+from tfbert.pipeline import Pipeline
+from tfbert.preprocessing import Preprocessor
 from tfbert.train import run
+from tfbert.trainer import Trainer
 
 EPOCHS = 2
 
@@ -60,9 +70,7 @@ def test_validation_insights_every_epoch(insight_run):
     attention = tf.make_ndarray(summaries["attention_cls_last_layer"][1][-1].tensor_proto)
     assert len(attention) == 2 + 2  # width, height, then one PNG per attention map
     table = tf.make_ndarray(summaries["misclassified"][1][-1].tensor_proto).item().decode()
-    events = EventAccumulator(str(run_dir / "tensorboard" / "validation"), size_guidance={"tensors": 0})
-    events.Reload()
-    last_accuracy = float(tf.make_ndarray(events.Tensors("epoch_accuracy")[-1].tensor_proto))
+    last_accuracy = scalars(run_dir / "tensorboard" / "validation", "epoch_accuracy")[-1]
     if last_accuracy < 1:  # the last epoch got some validation sentence wrong: the table lists them
         assert "| text | true | predicted | probability |" in table
     else:
@@ -71,9 +79,7 @@ def test_validation_insights_every_epoch(insight_run):
 
 def test_val_f1_macro_joins_keras_scalars(insight_run):
     run_dir, metrics = insight_run
-    events = EventAccumulator(str(run_dir / "tensorboard" / "validation"), size_guidance={"tensors": 0})
-    events.Reload()
-    assert len(events.Tensors("epoch_f1_macro")) == EPOCHS
+    assert len(scalars(run_dir / "tensorboard" / "validation", "epoch_f1_macro")) == EPOCHS
 
 
 def test_projector_has_labelled_pooled_features(insight_run):
@@ -105,12 +111,7 @@ def test_progress_line_per_epoch(snippets_file, tmp_path, caplog):
 def test_validation_logs_equal_keras_evaluate(tiny_backbone, tokenizer, task, tmp_path, parallel_slices):
     """The callback's one pass logs what Keras' own validation pass would have (in the
     fitted model's parallel slices, or the whole batch)."""
-    import tf_keras
 
-    from tfbert.classifier import build_classifier
-    from tfbert.heads import ClsHead
-    from tfbert.pipeline import Pipeline
-    from tfbert.preprocessing import Preprocessor
 
     validation = Preprocessor(tokenizer, task.max_length)(task.splits)["validation"]
     head = ClsHead(num_outputs=2)
@@ -130,8 +131,6 @@ def test_validation_logs_equal_keras_evaluate(tiny_backbone, tokenizer, task, tm
 
 def test_attention_maps_of_a_batch_equal_each_example_alone(tiny_backbone, tokenizer, task, tmp_path):
     """The attention maps come from one padded call; each equals a call on its example alone."""
-    from tfbert.heads import ClsHead
-    from tfbert.preprocessing import Preprocessor
 
     validation = Preprocessor(tokenizer, task.max_length)(task.splits)["validation"]
     insights = ValidationInsights(
@@ -150,16 +149,8 @@ def test_attention_maps_of_a_batch_equal_each_example_alone(tiny_backbone, token
 
 def test_a_validating_callback_replaces_keras_validation(tmp_path):
     """Keras does not evaluate validation_data (here: batches it could not run) when a callback validates."""
-    import tf_keras
 
-    from tests.conftest import MINILM, TINY_CONFIG
-    from tfbert.backbone import load_backbone
-    from tfbert.classifier import build_classifier
-    from tfbert.heads import ClsHead
-    from tfbert.optimization import create_adamw
-    from tfbert.trainer import Trainer
-
-    classifier = build_classifier(load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG), ClsHead(2))
+    classifier = tiny_classifier()
 
     class Validator(tf_keras.callbacks.Callback):
         validates = True
@@ -181,9 +172,6 @@ def test_a_validating_callback_replaces_keras_validation(tmp_path):
 def test_validation_insights_are_the_validation_on_one_device_only(tiny_backbone, tokenizer, task, tmp_path):
     """Without a strategy or with one_device its pass is the run's validation; over a
     mirrored strategy (replicas whose metrics only sum up in Keras' pass) it is not."""
-    from tfbert.heads import ClsHead
-    from tfbert.preprocessing import Preprocessor
-
     validation = Preprocessor(tokenizer, task.max_length)(task.splits)["validation"]
     insights = ValidationInsights(
         tiny_backbone, ClsHead(num_outputs=2), tokenizer, validation, task.label_names,
@@ -203,18 +191,9 @@ def test_validation_insights_are_the_validation_on_one_device_only(tiny_backbone
 def test_early_stopping_follows_the_monitor(tmp_path, monitor, values, epochs_run, best):
     """Validation metrics come from a callback (as ValidationInsights logs them); the run stops
     after `patience` epochs without a gain, its backup is gone and the best epoch stays best."""
-    import json
 
-    import tf_keras
 
-    from tests.conftest import MINILM, TINY_CONFIG
-    from tfbert.backbone import load_backbone
-    from tfbert.classifier import build_classifier
-    from tfbert.heads import ClsHead
-    from tfbert.optimization import create_adamw
-    from tfbert.trainer import Trainer
-
-    classifier = build_classifier(load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG), ClsHead(2))
+    classifier = tiny_classifier()
 
     class Validator(tf_keras.callbacks.Callback):
         validates = True
@@ -236,8 +215,6 @@ def test_early_stopping_follows_the_monitor(tmp_path, monitor, values, epochs_ru
 
 @pytest.mark.parametrize("patience", [0, 1.5, "2"])
 def test_a_bad_early_stopping_patience_is_named(patience):
-    from tfbert.trainer import Trainer
-
     with pytest.raises(ValueError, match=f"early_stopping_patience must be a whole number of epochs above 0, or null, got {patience!r}"):
         Trainer(early_stopping_patience=patience)
 
@@ -246,14 +223,7 @@ def test_a_bad_early_stopping_patience_is_named(patience):
 def test_a_monitor_the_run_does_not_log_fails_before_training(tmp_path, monitor):
     """Checked against the compiled metrics and what the callbacks declare they log; the
     training data here would fail in the first step, so the error comes before it."""
-    from tests.conftest import MINILM, TINY_CONFIG
-    from tfbert.backbone import load_backbone
-    from tfbert.classifier import build_classifier
-    from tfbert.heads import ClsHead
-    from tfbert.optimization import create_adamw
-    from tfbert.trainer import Trainer
-
-    classifier = build_classifier(load_backbone(MINILM, random_init=True, config_overrides=TINY_CONFIG), ClsHead(2))
+    classifier = tiny_classifier()
     unusable = tf.data.Dataset.from_tensors(({"input_ids": np.zeros((2, 3, 3), np.int32)}, np.zeros(2, np.int32)))
     with pytest.raises(ValueError, match=rf"trainer.monitor='{monitor}' is not a metric this run logs; "
                                          r"it logs \['val_accuracy', 'val_loss'\]"):
@@ -292,14 +262,7 @@ def test_duration(seconds, text):
 def test_a_bfloat16_model_gives_float32_insights(tokenizer, task, tmp_path):
     """A model trained in mixed_bfloat16 computes its attentions and features in bfloat16;
     the figures and the projector get them as float32 (matplotlib cannot draw bfloat16)."""
-    import tf_keras
 
-    from tests.conftest import MINILM, TINY_CONFIG
-    from tfbert.backbone import load_backbone
-    from tfbert.classifier import build_classifier
-    from tfbert.figures import attention_figure, png_bytes
-    from tfbert.heads import ClsHead
-    from tfbert.preprocessing import Preprocessor
 
     tf_keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:

@@ -12,8 +12,7 @@ import datasets
 import pytest
 import tensorflow as tf
 
-from tests.conftest import ROOT, compose_config
-from tests.test_train import scalars
+from tests.conftest import NO_DROPOUT_OVERRIDES, ROOT, compose_config, scalars
 from tfbert.distribute import build_strategy, check_global_batch, is_chief, worker_dir
 from tfbert.pipeline import Pipeline, stream_epochs
 from tfbert.train import run
@@ -23,8 +22,7 @@ LAUNCHER = ROOT / "scripts" / "launch_local_workers.py"
 # length bucket over 32 training examples, so every batch of 8 is full (4 steps an epoch).
 COMPARABLE_RUN = (
     "model=tiny", "head=mean", "task.max_train_samples=32", "pipeline.batch_size=8",
-    "pipeline.bucket_boundaries=[1000]", "trainer.epochs=2", "optimizer.learning_rate=1e-3", "head.dropout=0",
-    "+model.config_overrides.hidden_dropout_prob=0", "+model.config_overrides.attention_probs_dropout_prob=0",
+    "pipeline.bucket_boundaries=[1000]", "trainer.epochs=2", "optimizer.learning_rate=1e-3", *NO_DROPOUT_OVERRIDES,
     "insight.validation_insights=false", "insight.hparams_dashboard=false",
 )
 # In a fresh process: two logical CPU devices (possible only before TensorFlow starts), then a run.

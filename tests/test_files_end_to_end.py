@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 
 from tests.conftest import ROOT, compose_config
+from tests.test_files_task import TOPICS
 from tfbert.train import run
-
-TOPICS = {"sports": "goal match team", "politics": "vote senate law", "science": "atom cell lab"}
 
 
 @pytest.fixture(scope="module")

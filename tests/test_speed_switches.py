@@ -5,21 +5,17 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from tests.conftest import MINILM, TINY_CONFIG
-from tfbert.backbone import load_backbone
-from tfbert.classifier import build_classifier
+from tests.conftest import TINY_NO_DROPOUT, tiny_classifier
 from tfbert.heads import MeanPoolingHead
 from tfbert.pipeline import Pipeline, batch_stats
 from tfbert.threads import cpu_cores
 from tfbert.trainer import MAX_AUTO_SLICES, Trainer, resolve_parallel_slices
 
-NO_DROPOUT = {**TINY_CONFIG, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
-
-def tiny_classifier(seed=0):
+def seeded_classifier(seed=0):
+    """The same tiny classifier, without dropout, every time: runs that differ only in a switch compare exactly."""
     tf_keras.utils.set_random_seed(seed)
-    backbone = load_backbone(MINILM, random_init=True, config_overrides=NO_DROPOUT)
-    return build_classifier(backbone, MeanPoolingHead(num_outputs=2, dropout=0.0))
+    return tiny_classifier(MeanPoolingHead(num_outputs=2, dropout=0.0), TINY_NO_DROPOUT)
 
 
 def batches(count, size, seed=1):
@@ -39,8 +35,8 @@ def train_once(model, data, grad_accum_steps, parallel_slices=1):
 
 
 def test_gradient_accumulation_equals_the_larger_batch():
-    accumulated, accumulated_steps = train_once(tiny_classifier(), batches(4, 4), grad_accum_steps=2)
-    large, large_steps = train_once(tiny_classifier(), batches(2, 8), grad_accum_steps=1)
+    accumulated, accumulated_steps = train_once(seeded_classifier(), batches(4, 4), grad_accum_steps=2)
+    large, large_steps = train_once(seeded_classifier(), batches(2, 8), grad_accum_steps=1)
     assert accumulated_steps == large_steps == 2
     for a, b in zip(accumulated, large):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -51,8 +47,8 @@ def test_parallel_slices_train_evaluate_and_predict_like_the_whole_batch(grad_ac
     # Batches of 8 rows in 3 slices (2, 3 and 3 rows); the last batch of 2 has an empty slice.
     features, labels = next(iter(batches(1, 18)))
     data = tf.data.Dataset.from_tensor_slices((features, labels)).batch(8)
-    whole, whole_steps = train_once(tiny_classifier(), data, grad_accum_steps)
-    sliced_model = tiny_classifier()
+    whole, whole_steps = train_once(seeded_classifier(), data, grad_accum_steps)
+    sliced_model = seeded_classifier()
     sliced, sliced_steps = train_once(sliced_model, data, grad_accum_steps, parallel_slices=3)
     assert sliced_steps == whole_steps == 3 // grad_accum_steps
     for a, b in zip(sliced, whole):
@@ -74,7 +70,7 @@ def test_parallel_slices_auto_means_one_per_core_on_a_cpu_without_xla():
 def test_mixed_precision_keeps_logits_and_loss_float32(precision):
     Trainer(precision=precision)
     try:
-        model = tiny_classifier()
+        model = seeded_classifier()
         assert model.get_layer(index=-1).output_layer.dtype_policy.name == "float32"
         assert model.layers[3].compute_dtype == precision.split("_")[1]  # the encoder computes in 16 bits
         model.compile(tf_keras.optimizers.Adam(1e-3), tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))

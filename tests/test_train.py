@@ -7,17 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import compose_config
+from tests.conftest import compose_config, scalars
 from tfbert.checks import ConfigError
 from tfbert.train import run
-
-
-def scalars(log_dir, tag):
-    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
-    events.Reload()
-    return [float(tf.make_ndarray(event.tensor_proto)) for event in events.Tensors(tag)]
 
 
 @pytest.fixture(scope="module")
