@@ -4,8 +4,9 @@ best:    checkpoints/best-<epoch>.* plus checkpoints/best.json pointing at them.
          best is written under a new name and best.json is replaced atomically after
          it, so a crash at any point leaves the previous best readable.
 backup:  backup/ (tf_keras BackupAndRestore): model, optimizer (and so the learning-
-         rate schedule position), epoch and step, every `save_freq` steps and on
-         SIGTERM or Ctrl-C; never written from a non-finite loss; removed when training ends.
+         rate schedule position), epoch and step, every `save_freq` steps, at each epoch's
+         end and on SIGTERM or Ctrl-C; never written from a non-finite loss; removed when
+         training ends.
 """
 
 import json
@@ -105,8 +106,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Backup(tf_keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that also saves on SIGTERM or Ctrl-C (STOP_SIGNALS) and never saves a
-    non-finite state. `preempted_at` is then (epoch, batch, signal name).
+    """BackupAndRestore that also saves at each epoch's end and on SIGTERM or Ctrl-C
+    (STOP_SIGNALS), and never saves a non-finite state. `preempted_at` is then (epoch, batch,
+    signal name).
 
     Args:
         backup_dir: where the backup lives (removed once training finishes).
@@ -142,6 +144,13 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         if self._signalled and self.preempted_at is None:
             self._preempt(batch)
             self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Also at each epoch's end, before the best checkpoint (a later callback) is written:
+        # a best.json with no backup beside it then means training finished.
+        if self._finite and self.preempted_at is None:
+            self._backup(epoch=epoch, batch=self._last_batch)
+        super().on_epoch_end(epoch, logs)
 
     def _preempt(self, batch: int) -> None:
         self._backup(epoch=self._current_epoch, batch=batch)
