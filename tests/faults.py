@@ -212,7 +212,7 @@ def interrupted_best_write(space: Workspace) -> dict:
 
     directory = space.run_dir("best_write") / "checkpoints"
     model = tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,))])
-    best = BestCheckpoint(directory, monitor="val_accuracy", mode="max")
+    best = BestCheckpoint(directory, monitor="val_accuracy")
     best.set_model(model)
     best.on_epoch_end(0, {"val_accuracy": 0.5})
     first = best_checkpoint(directory.parent)

@@ -11,11 +11,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import MINILM, TINY_CONFIG, compose_config, scalars, tiny_classifier
 from tfbert.backbone import load_backbone
-from tfbert.callbacks import BestEpoch, ValidationInsights, duration, flat_hparams, insight_callbacks
+from tfbert.callbacks import ValidationInsights, duration, flat_hparams, insight_callbacks
 from tfbert.classifier import build_classifier
 from tfbert.figures import attention_figure, png_bytes
 from tfbert.heads import ClsHead
-from tfbert.objectives import loss_and_metrics
+from tfbert.objectives import BestEpoch, loss_and_metrics
 from tfbert.optimization import create_adamw
 from tfbert.pipeline import Pipeline
 from tfbert.preprocessing import Preprocessor
@@ -245,6 +245,11 @@ def test_best_epoch_follows_the_monitor():
     assert [accuracy.update({"val_accuracy": value, "val_loss": 1.0}) for value in (0.5, 0.7, 0.6)] == [True, True, False]
     loss = BestEpoch("val_loss")
     assert [loss.update({"val_loss": value}) for value in (0.5, 0.7, 0.4)] == [True, False, True]
+    not_finite_first = BestEpoch("val_loss")
+    values = (float("nan"), 0.9, float("inf"), 0.8)
+    assert [not_finite_first.update({"val_loss": value}) for value in values] == [False, True, False, True]
+    resumed = BestEpoch(None, best=0.8)  # the best.json of the run it resumes
+    assert [resumed.update({"val_accuracy": value}) for value in (0.7, 0.9)] == [False, True]
 
 
 def test_flat_hparams_are_scalars():
@@ -284,3 +289,21 @@ def test_a_bfloat16_model_gives_float32_insights(tokenizer, task, tmp_path):
     assert png_bytes(attention_figure(tokens, weights[0], "bfloat16 model")).startswith(b"\x89PNG")
     logits, pooled = insights.predict()
     assert logits.dtype == pooled.dtype == np.float32 and np.isfinite(pooled).all()
+
+
+def test_a_resumed_run_reports_the_best_epoch_its_checkpoint_holds(tmp_path):
+    """Epoch 2 of a run cut off after it is the best so far (best.json); the resumed epoch 3 is
+    worse: the HParams dashboard's best/* values stay epoch 2's, the ones the checkpoint keeps."""
+    from tfbert.callbacks import HParamsLogger
+    from tfbert.checkpoints import write_json
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    write_json(checkpoints / "best.json", {"checkpoint": "best-0002", "epoch": 2, "monitor": "val_accuracy",
+                                           "value": 0.8, "logs": {"val_accuracy": 0.8, "val_loss": 0.4}})
+    logger = HParamsLogger(tmp_path / "tensorboard", {"seed": 1}, None, checkpoints)
+    logger.on_train_begin()
+    logger.on_epoch_end(2, {"val_accuracy": 0.7, "val_loss": 0.3})
+    logger.on_train_end()
+    assert scalars(tmp_path / "tensorboard", "best/val_accuracy") == [pytest.approx(0.8)]
+    assert scalars(tmp_path / "tensorboard", "best/val_loss") == [pytest.approx(0.4)]

@@ -27,7 +27,8 @@ from tfbert.checks import check_flags, is_whole_number
 from tfbert.classifier import INPUT_NAMES, encoder_features, in_slices
 from tfbert.figures import attention_figure, confusion_matrix_figure, png_bytes
 from tfbert.heads import ClassificationHead
-from tfbert.objectives import checkpoint_monitor, lower_is_better
+from tfbert.checkpoints import best_so_far
+from tfbert.objectives import BestEpoch
 from tfbert.tasks.task_data import column
 
 log = logging.getLogger(__name__)
@@ -55,29 +56,6 @@ def _flatten(values: dict, prefix: str, into: dict) -> None:
             _flatten(value, f"{prefix}.{key}", into)
         elif isinstance(value, (bool, int, float, str)) and not key.startswith("_"):
             into[f"{prefix}.{key}"] = value
-
-
-class BestEpoch:
-    """Tracks which epoch is best by a validation metric, as Trainer's checkpoint picks it.
-
-    Args:
-        monitor: e.g. `val_accuracy`; None: Trainer's default (objectives.checkpoint_monitor).
-    """
-
-    def __init__(self, monitor: str | None):
-        self.monitor = monitor
-        self.best = None
-
-    def update(self, logs: dict) -> bool:
-        """Whether the epoch with these logs is the best so far."""
-        monitor = checkpoint_monitor(self.monitor, logs)
-        value = logs.get(monitor)
-        if value is None:
-            return False
-        if self.best is None or (value < self.best if lower_is_better(monitor) else value > self.best):
-            self.best = value
-            return True
-        return False
 
 
 class ProgressLogger(tf_keras.callbacks.Callback):
@@ -122,16 +100,21 @@ class HParamsLogger(tf_keras.callbacks.Callback):
         log_dir: the run's TensorBoard dir (Keras' train/ and validation/ sit below it).
         hparams: name -> bool, int, float or str.
         monitor: validation metric that picks the best epoch (see BestEpoch).
+        checkpoint_dir: the run's checkpoints: a resumed run's best epoch so far (best.json)
+            is the one later epochs must beat, and its logs the best ones until then.
     """
 
-    def __init__(self, log_dir: Path, hparams: dict, monitor: str | None):
+    def __init__(self, log_dir: Path, hparams: dict, monitor: str | None, checkpoint_dir: Path | None = None):
         super().__init__()
         self.log_dir = Path(log_dir)
         self.hparams = hparams
         self.monitor = monitor
+        self.checkpoint_dir = checkpoint_dir
 
     def on_train_begin(self, logs=None):
-        self.best_epoch, self.best_logs, self.tracker = None, {}, BestEpoch(self.monitor)
+        best = best_so_far(self.checkpoint_dir) or {}
+        self.tracker = BestEpoch(self.monitor, best=best.get("value"))
+        self.best_epoch, self.best_logs = best.get("epoch", 1) - 1, best.get("logs", {})
         self.writer = tf.summary.create_file_writer(str(self.log_dir))
         with self.writer.as_default(), tf.summary.record_if(True):
             hparams_api.hparams(self.hparams)
@@ -177,6 +160,8 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         log_dir: where the per-epoch summaries go.
         projector_dir: where the projector checkpoint, metadata and config go.
         monitor: validation metric that says which epoch is best (see BestEpoch).
+        checkpoint_dir: the run's checkpoints: a resumed run's best epoch so far (best.json)
+            is the one later epochs must beat for the projector.
         max_examples: misclassified examples and projector points shown, at most.
         attention_maps: validation examples with an attention map (0: none).
         batch_size: examples per forward pass.
@@ -195,6 +180,7 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         log_dir: Path,
         projector_dir: Path,
         monitor: str | None,
+        checkpoint_dir: Path | None = None,
         max_examples: int = 200,
         attention_maps: int = 4,
         batch_size: int = 64,
@@ -211,6 +197,7 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         self.log_dir = Path(log_dir)
         self.projector_dir = Path(projector_dir)
         self.monitor = monitor
+        self.checkpoint_dir = checkpoint_dir
         self.max_examples = max_examples
         self.attention_maps = attention_maps
         self.batch_size = batch_size
@@ -231,7 +218,7 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         self._frozen_features = {}  # a frozen encoder's outputs per batch, computed once
 
     def on_train_begin(self, logs=None):
-        self.tracker = BestEpoch(self.monitor)
+        self.tracker = BestEpoch(self.monitor, best=(best_so_far(self.checkpoint_dir) or {}).get("value"))
         self.writer = tf.summary.create_file_writer(str(self.log_dir))
 
     def on_train_end(self, logs=None):
@@ -413,7 +400,7 @@ def insight_callbacks(
     check_flags(**{f"insight.{name}": flag for name, flag in (
         ("progress", progress), ("hparams_dashboard", hparams_dashboard), ("validation_insights", validation_insights)
     )})
-    log_dir = Path(run_dir) / "tensorboard"
+    log_dir, checkpoint_dir = Path(run_dir) / "tensorboard", Path(run_dir) / "checkpoints"
     callbacks = []
     # ValidationInsights adds val_f1_macro to the epoch logs the later ones read.
     if validation_insights and problem_type != "single_label":
@@ -422,10 +409,10 @@ def insight_callbacks(
         callbacks.append(ValidationInsights(
             backbone, head, tokenizer, validation, label_names,
             log_dir=log_dir / "validation_insights", projector_dir=log_dir / "projector",
-            monitor=monitor, max_examples=max_examples, attention_maps=attention_maps,
+            monitor=monitor, checkpoint_dir=checkpoint_dir, max_examples=max_examples, attention_maps=attention_maps,
         ))
     if hparams_dashboard:
-        callbacks.append(HParamsLogger(log_dir, hparams, monitor))
+        callbacks.append(HParamsLogger(log_dir, hparams, monitor, checkpoint_dir))
     if progress:
         callbacks.append(ProgressLogger())
     return callbacks

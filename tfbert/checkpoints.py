@@ -15,11 +15,11 @@ import math
 import signal
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
 from tfbert.atomic import atomic_file
+from tfbert.objectives import BestEpoch
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,13 @@ def best_checkpoint(run_dir: Path) -> Path:
     return pointer.parent / json.loads(pointer.read_text())["checkpoint"]
 
 
+def best_so_far(directory: Path | None) -> dict | None:
+    """The best.json in a checkpoints `directory` (checkpoint, epoch, monitor, value, the
+    epoch's val_* logs), or None: a run's best epoch so far, which a resumed run must beat."""
+    pointer = Path(directory) / "best.json" if directory else None
+    return json.loads(pointer.read_text()) if pointer and pointer.is_file() else None
+
+
 def verify_checkpoint(prefix: str) -> None:
     """Read every tensor of a TF checkpoint (their CRCs are checked), or raise CorruptCheckpoint."""
     try:
@@ -61,20 +68,18 @@ def verify_checkpoint(prefix: str) -> None:
 class BestCheckpoint(tf_keras.callbacks.Callback):
     """Keeps the weights of the best epoch by `monitor`, written atomically.
 
-    On a resumed run, the best value so far comes from best.json, so an epoch only
-    replaces the kept weights when it really is better. `saved_model` is the model whose
-    weights are kept, when it is not the one being fit (feature extraction fits the head
-    alone but keeps the whole classifier).
+    Which epoch is better is objectives.BestEpoch's rule; on a resumed run, the best value so
+    far comes from best.json, so an epoch only replaces the kept weights when it really is
+    better. `saved_model` is the model whose weights are kept, when it is not the one being
+    fit (feature extraction fits the head alone but keeps the whole classifier).
     """
 
-    def __init__(self, directory: Path, monitor: str, mode: str, saved_model: tf_keras.Model | None = None):
+    def __init__(self, directory: Path, monitor: str, saved_model: tf_keras.Model | None = None):
         super().__init__()
         self.directory = Path(directory)
         self.saved_model = saved_model
         self.monitor = monitor
-        self.better = np.greater if mode == "max" else np.less
-        pointer = self.directory / "best.json"
-        self.best = json.loads(pointer.read_text())["value"] if pointer.is_file() else None
+        self.tracker = BestEpoch(monitor, best=(best_so_far(directory) or {}).get("value"))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -83,14 +88,14 @@ class BestCheckpoint(tf_keras.callbacks.Callback):
             return  # weights from a NaN/inf training step are never kept
         if value is None:
             raise KeyError(f"monitor {self.monitor!r} is not among the logged metrics {sorted(logs or {})}")
-        if not math.isfinite(value) or (self.best is not None and not self.better(value, self.best)):
+        if not self.tracker.update(logs):
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"best-{epoch + 1:04d}"
         (self.saved_model or self.model).save_weights(str(self.directory / name))
-        write_json(self.directory / "best.json",
-                   {"checkpoint": name, "epoch": epoch + 1, "monitor": self.monitor, "value": float(value)})
-        self.best = float(value)
+        val_logs = {key: float(value) for key, value in logs.items() if key.startswith("val_")}
+        write_json(self.directory / "best.json", {"checkpoint": name, "epoch": epoch + 1, "monitor": self.monitor,
+                                                  "value": float(value), "logs": val_logs})
         for stale in self.directory.glob("best-*"):
             if not stale.name.startswith(name + "."):
                 stale.unlink()

@@ -41,3 +41,28 @@ def checkpoint_monitor(monitor: str | None, reported: Iterable[str]) -> str:
 def lower_is_better(metric: str) -> bool:
     """Whether a smaller value of `metric` is better (losses and errors)."""
     return metric.endswith(("loss", "mae", "mse"))
+
+
+class BestEpoch:
+    """Which epoch is best by a validation metric: the one rule the best checkpoint, the
+    HParams dashboard and the projector follow.
+
+    Args:
+        monitor: e.g. `val_accuracy`; None: checkpoint_monitor's default.
+        best: the best value so far (a resumed run's, from best.json); None: no epoch yet.
+    """
+
+    def __init__(self, monitor: str | None, best: float | None = None):
+        self.monitor = monitor
+        self.best = best
+
+    def update(self, logs: dict) -> bool:
+        """Whether the epoch with these logs is the best so far (a NaN or inf value never is)."""
+        monitor = checkpoint_monitor(self.monitor, logs)
+        value = logs.get(monitor)
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is None or (value < self.best if lower_is_better(monitor) else value > self.best):
+            self.best = float(value)
+            return True
+        return False

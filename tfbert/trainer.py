@@ -272,7 +272,7 @@ class Trainer:
                 *callbacks,
                 nan_guard,
                 backup,
-                BestCheckpoint(run_dir / "checkpoints", monitor, mode, checkpoint_model),
+                BestCheckpoint(run_dir / "checkpoints", monitor, checkpoint_model),
                 early_stopping,
                 tf_keras.callbacks.TensorBoard(
                     log_dir=str(run_dir / "tensorboard"),
