@@ -89,6 +89,22 @@ def row(scenario, expected, observed, lost):
     return {"scenario": scenario, "expected": expected, "observed": observed, "data lost": lost}
 
 
+def run_in_process(space: Workspace, run_dir: Path, fit, stops_with: type[BaseException]) -> str:
+    """The scenario's run in this process with Trainer.fit replaced by `fit`: the message of
+    the `stops_with` it raises, or '' when it finishes."""
+    from tests.conftest import compose_config
+    from tfbert.trainer import Trainer
+    from tfbert.train import run
+
+    cfg = compose_config(*train_args(space.data_file, run_dir)[2:-1], f"run_dir={run_dir}")
+    with mock.patch.object(Trainer, "fit", fit):
+        try:
+            run(cfg)
+        except stops_with as error:
+            return str(error)
+    return ""
+
+
 def interrupted_then_resumed(space: Workspace, signum, name: str) -> dict:
     run_dir = space.run_dir(name)
     code, output = interrupt_after_first_backup(space.data_file, run_dir, signum)
@@ -114,10 +130,8 @@ def nan_loss(space: Workspace) -> dict:
     import tensorflow as tf
     import tf_keras
 
-    from tests.conftest import compose_config
     from tfbert.checkpoints import backup_position
     from tfbert.trainer import NonFiniteLoss, Trainer
-    from tfbert.train import run
 
     run_dir = space.run_dir("nan")
     real_fit = Trainer.fit
@@ -129,13 +143,7 @@ def nan_loss(space: Workspace) -> dict:
 
         return real_fit(self, model, optimizer, poisoned, *args, **kwargs)
 
-    cfg = compose_config(*train_args(space.data_file, run_dir)[2:-1], f"run_dir={run_dir}")
-    message = ""
-    with mock.patch.object(Trainer, "fit", poisoned_fit):
-        try:
-            run(cfg)
-        except NonFiniteLoss as error:
-            message = str(error)
+    message = run_in_process(space, run_dir, poisoned_fit, NonFiniteLoss)
     backup = tf.train.latest_checkpoint(str(run_dir / "backup" / "chief"))
     finite = backup is not None and all(
         np.isfinite(tf.train.load_checkpoint(backup).get_tensor(name)).all()
@@ -157,10 +165,8 @@ def signal_in_last_validation(space: Workspace) -> dict:
 
     import tf_keras
 
-    from tests.conftest import compose_config
     from tfbert.checkpoints import Preempted
     from tfbert.trainer import Trainer
-    from tfbert.train import run
 
     run_dir = space.run_dir("last_validation")
     real_fit = Trainer.fit
@@ -173,13 +179,8 @@ def signal_in_last_validation(space: Workspace) -> dict:
     def fit_with_signal(self, *args, callbacks=(), **kwargs):
         return real_fit(self, *args, callbacks=[*callbacks, TermInLastValidation()], **kwargs)
 
-    cfg = compose_config(*train_args(space.data_file, run_dir)[2:-1], f"run_dir={run_dir}")
-    stopped = "no stop"
-    with mock.patch.object(Trainer, "fit", fit_with_signal):
-        try:
-            run(cfg)
-        except Preempted as error:
-            stopped = "stopped, backup saved" if "stopped on SIGTERM at epoch 2" in str(error) else str(error)
+    message = run_in_process(space, run_dir, fit_with_signal, Preempted)
+    stopped = "stopped, backup saved" if "stopped on SIGTERM at epoch 2" in message else message or "no stop"
     tf_keras.backend.clear_session()
     code, output = finish(space.data_file, run_dir)
     resumed = "no training left" if "training had finished when the run stopped" in output else "trained again"
