@@ -34,12 +34,17 @@ def train_once(model, data, grad_accum_steps, parallel_slices=1):
     return model.get_weights(), int(model.optimizer.iterations)
 
 
-def test_gradient_accumulation_equals_the_larger_batch():
+@pytest.mark.parametrize("precision, tolerance", [("float32", 1e-6), ("mixed_float16", 2e-3)])
+def test_gradient_accumulation_equals_the_larger_batch(precision, tolerance):
+    """Also under mixed_float16, whose LossScaleOptimizer must scale the loss on the tape."""
+    tf_keras.mixed_precision.set_global_policy(precision)  # reset by conftest
+    initial = seeded_classifier().get_weights()
     accumulated, accumulated_steps = train_once(seeded_classifier(), batches(4, 4), grad_accum_steps=2)
     large, large_steps = train_once(seeded_classifier(), batches(2, 8), grad_accum_steps=1)
     assert accumulated_steps == large_steps == 2
+    assert max(np.abs(a - b).max() for a, b in zip(large, initial)) > 10 * tolerance  # it trained
     for a, b in zip(accumulated, large):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=tolerance)
 
 
 @pytest.mark.parametrize("grad_accum_steps", [1, 2])
@@ -150,3 +155,32 @@ def test_xla_run_with_profile_trace(snippets_file, tmp_path, monkeypatch):
     assert compiled == [True]  # the training model ran its steps through XLA
     assert metrics["train_epochs"] == 1 and set(metrics["test"]) >= {"accuracy", "f1_macro"}
     assert list((tmp_path / "tensorboard").glob("**/*.xplane.pb"))  # the profiler trace
+
+
+@pytest.mark.parametrize("strategy", ["mirrored", "multi_worker", "tpu"])
+def test_gradient_accumulation_is_refused_over_replicas(strategy):
+    with pytest.raises(ValueError, match=f"grad_accum_steps=2 works with strategy default or one_device, not {strategy}"):
+        Trainer(grad_accum_steps=2, strategy=strategy)
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_backups_follow_steps_not_callback_calls(steps_per_execution, tmp_path, monkeypatch):
+    """Keras calls batch callbacks once per steps_per_execution steps: backups still come
+    every backup_every_steps steps (here 4), not every 4 calls."""
+    from tests.conftest import tiny_classifier
+    from tfbert.checkpoints import Backup
+    from tfbert.objectives import loss_and_metrics
+    from tfbert.optimization import create_adamw
+
+    saved_at = []
+    real_backup = Backup._backup
+
+    def recording(self, epoch, batch=0):
+        saved_at.append(batch)
+        return real_backup(self, epoch, batch)
+
+    monkeypatch.setattr(Backup, "_backup", recording)
+    trainer = Trainer(epochs=1, backup_every_steps=4, steps_per_execution=steps_per_execution)
+    trainer.fit(tiny_classifier(), create_adamw(num_train_steps=16), *loss_and_metrics("single_label"),
+                batches(16, 2), 16, batches(1, 2), tmp_path)
+    assert saved_at == [3, 7, 11, 15, 15]  # every 4 steps, then the epoch's end

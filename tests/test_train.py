@@ -102,10 +102,12 @@ def test_the_precision_auto_chose_is_recorded_and_the_export_computes_in_float32
 
 
 def test_a_bfloat16_run_exports_float32(snippets_file, tmp_path):
-    """Whatever this machine's `auto` picks: a run trained in mixed_bfloat16 serves in float32."""
+    """Whatever this machine's `auto` picks: a run trained in mixed_bfloat16 serves in float32,
+    also with gradient accumulation (whose accumulators the trained model holds besides its layers)."""
     cfg = compose_config(
         "model=tiny", f"task.data_file={snippets_file}", "trainer.epochs=1", "task.max_train_samples=32",
-        "trainer.precision=mixed_bfloat16", "insight.validation_insights=false", f"run_dir={tmp_path}",
+        "trainer.precision=mixed_bfloat16", "trainer.grad_accum_steps=2", "insight.validation_insights=false",
+        f"run_dir={tmp_path}",
     )
     assert run(cfg)["train_precision"] == "mixed_bfloat16"
     export_serving_in_float32(tmp_path)

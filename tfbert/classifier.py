@@ -100,11 +100,9 @@ class Classifier(tf_keras.Model):
                     for variable in self.trainable_variables
                 ]
                 self._micro_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="micro_steps")
-        # LossScaleOptimizer (mixed_float16) scales the loss; its gradients are unscaled below.
-        scaled = self.optimizer.get_scaled_loss(loss) if hasattr(self.optimizer, "get_scaled_loss") else loss
-        gradients = tape.gradient(scaled, self.trainable_variables)
-        if hasattr(self.optimizer, "get_unscaled_gradients"):
-            gradients = self.optimizer.get_unscaled_gradients(gradients)
+        # The optimizer's own gradients: a LossScaleOptimizer (mixed_float16) scales the loss
+        # on the tape and unscales the gradients, as its minimize does.
+        gradients = [gradient for gradient, _ in self.optimizer.compute_gradients(loss, self.trainable_variables, tape)]
         for accumulator, gradient in zip(self._accumulated, gradients):
             if gradient is not None:
                 accumulator.assign_add(tf.convert_to_tensor(gradient))

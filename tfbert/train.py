@@ -145,7 +145,8 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
     log.info("test metrics: %s", {key: value for key, value in metrics["test"].items() if isinstance(value, float)})
     if trainer.precision != "float32":  # the export computes in float32, whatever the run trained in
         trained, model = model, float32_classifier(cfg, task)
-        model.set_weights(trained.get_weights())
+        for layer, trained_layer in zip(model.layers, trained.layers):  # not the model's gradient accumulators
+            layer.set_weights(trained_layer.get_weights())
     export = export_classifier(model, task, cfg.model.name_or_path, run_dir, exporter, metrics)
     log.info("%s", run_summary(metrics, run_dir, export))
     return metrics

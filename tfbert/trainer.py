@@ -127,6 +127,13 @@ class Trainer:
         policy, reason = resolve_precision(precision, strategy)
         if not is_whole_number(grad_accum_steps, 1):
             raise ValueError(f"grad_accum_steps must be a positive integer, got {grad_accum_steps!r}")
+        if grad_accum_steps > 1 and strategy not in ("default", "one_device"):
+            # The optimizer's all-reduce cannot run inside the conditional step that applies
+            # the accumulated gradients (MirroredStrategy refuses its merge_call there).
+            raise ValueError(
+                f"grad_accum_steps={grad_accum_steps} works with strategy default or one_device, not {strategy}: "
+                "over several replicas, raise pipeline.batch_size (the global batch) instead"
+            )
         if profile_steps is not None:
             profile_steps = list(profile_steps)  # a Hydra ListConfig too
             pair = len(profile_steps) == 2 and all(is_whole_number(step, 1) for step in profile_steps)
@@ -258,7 +265,8 @@ class Trainer:
         # over the validation split anyway and logs the val_* metrics: no second pass.
         validated_by_callback = any(getattr(callback, "validates", False) for callback in callbacks)
         nan_guard = StopOnNonFiniteLoss()
-        backup = Backup(backup_dir, save_freq=self.backup_every_steps)
+        # Keras calls batch callbacks once per steps_per_execution steps, and Backup counts calls.
+        backup = Backup(backup_dir, save_freq=max(1, self.backup_every_steps // self.steps_per_execution))
         # Without a patience it waits all the epochs there are: it never stops a run.
         early_stopping = tf_keras.callbacks.EarlyStopping(
             monitor, patience=self.early_stopping_patience or self.epochs, mode=mode
