@@ -171,6 +171,11 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         if self.preempted_at is not None or not self._finite:
             self.delete_checkpoint = False  # keep the last good backup to resume from
         super().on_train_end(logs)
+        if self.delete_checkpoint:  # Keras removes this process's backup; the dir goes once empty
+            try:
+                Path(self.backup_dir).rmdir()
+            except OSError:
+                pass  # another worker's backup is still there, or there was none
 
 
 def latest_backup(backup_dir: Path) -> str | None:
