@@ -17,6 +17,8 @@ def main(cfg: DictConfig) -> float:
         return sweep_objective(run(cfg)["validation"])
     except (ConfigError, RunDirInUse) as error:  # the message says what to change: no traceback needed
         raise SystemExit(f"tfbert: {error}") from None
+    except KeyboardInterrupt:  # Ctrl-C outside training (which saves a backup and stops itself)
+        raise SystemExit("tfbert: interrupted") from None
 
 
 if __name__ == "__main__":

@@ -184,6 +184,19 @@ def test_a_bad_value_hydra_wraps_is_named_too():
         instantiate(compose_config("model=tiny", "trainer.epochs=0").trainer)
 
 
+@pytest.mark.parametrize("group, override, named", [
+    ("trainer", "+trainer.epoch=1", "trainer: Trainer.__init__() got an unexpected keyword argument 'epoch'"),
+    ("head", "+head.dropuot=0.2", "head: ('Keyword argument not understood:', 'dropuot')"),
+])
+def test_a_key_the_constructor_does_not_take_is_named(group, override, named):
+    """A misspelt key added with + reaches the constructor, which refuses it: one line, no traceback."""
+    from tfbert.train import build
+
+    with pytest.raises(ConfigError) as raised:
+        build(compose_config("model=tiny", override), group, **({"num_outputs": 2} if group == "head" else {}))
+    assert str(raised.value) == f"{named} (a misspelt key? `--cfg job` shows the valid ones)"
+
+
 @pytest.mark.parametrize("overrides, named", [
     (["task=files"], "task.train_file has no value (it is ??? in the config); set it: task.train_file=..."),
     (["task=files", "task.train_file=/nowhere/train.csv"], "task: data file /nowhere/train.csv does not exist"),

@@ -241,14 +241,23 @@ def test_export_cli_rebuilds_the_trained_model(finished_run, tokenizer, capsys):
     [
         ([], "run_dir is required"),
         (["run_dir=x", "export.nme=y"], r"unknown keys \['export.nme'\]"),
-        (["run_dir=/nowhere"], "holds no config.yaml"),
+        (["run_dir=/nowhere"], "run_dir /nowhere does not exist"),
+        ("not_a_run", "holds no config.yaml"),
+        (["outputs/run"], r"'outputs/run' is not KEY=VALUE; the run dir is given as run_dir=outputs/run"),
         ("no_checkpoint", "best.json does not exist"),
     ],
-    ids=["no_run_dir", "misspelt_key", "not_a_run_dir", "no_checkpoint"],
+    ids=["no_run_dir", "misspelt_key", "missing_dir", "not_a_run_dir", "bare_path", "no_checkpoint"],
 )
 def test_export_cli_errors_name_the_problem(argv, message, tmp_path):
     if argv == "no_checkpoint":
         (tmp_path / "config.yaml").write_text("run_dir: x\n")
+    if isinstance(argv, str):
         argv = [f"run_dir={tmp_path}"]
     with pytest.raises(SystemExit, match=message):
         main(argv)
+
+
+def test_export_cli_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m tfbert.export run_dir=")

@@ -83,3 +83,24 @@ def test_a_crash_after_an_epoch_resumes_from_its_end(tmp_path):
     assert (tmp_path / "checkpoints" / "best.json").is_file()
     assert backup_position(tmp_path / "backup", steps_per_epoch=2) == 2  # epoch 1 done
     trainer.check_run_dir(tmp_path, tmp_path / "backup")  # resumable, not refused
+
+
+def test_a_run_resumes_only_with_the_settings_it_started_with(snippets_file, tmp_path):
+    """A backup holds what the first settings made: a rerun with others is refused, naming
+    them, before it writes anything (config.yaml stays the one the backup belongs to)."""
+    import tensorflow as tf
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+    from tfbert.checkpoints import RunDirInUse
+    from tfbert.train import run
+
+    started = compose_config("model=tiny", f"task.data_file={snippets_file}", f"run_dir={tmp_path}")
+    OmegaConf.save(started, tmp_path / "config.yaml", resolve=True)
+    saved = (tmp_path / "config.yaml").read_text()
+    tf.train.CheckpointManager(tf.train.Checkpoint(step=tf.Variable(1)), str(tmp_path / "backup" / "chief"), 1).save()
+    changed = compose_config("model=tiny", f"task.data_file={snippets_file}", "optimizer.learning_rate=0.01",
+                             f"run_dir={tmp_path}")
+    with pytest.raises(RunDirInUse, match=r"other settings: optimizer.learning_rate \(5e-05 then, 0.01 now\)\. Rerun"):
+        run(changed)
+    assert (tmp_path / "config.yaml").read_text() == saved

@@ -146,7 +146,7 @@ def test_bad_texts_get_defined_predictions(serving, tmp_path, capsys, export_dir
 def test_non_utf8_command_line_bytes(export_dir, capsys, tmp_path):
     output = tmp_path / "argv.jsonl"
     # "\udcff\udcfe": how Python decodes argv bytes that are not UTF-8; they are dropped, as in files
-    lines = run_cli(capsys, export_dir, "ok \udcff\udcfe fine", "ok  fine", "ok ? fine", "--output", output)
+    lines = run_cli(capsys, export_dir, "--output", output, "ok \udcff\udcfe fine", "ok  fine", "ok ? fine")  # texts after options too
     broken, cleaned, replaced = [json.loads(line)["probabilities"] for line in output.read_text().splitlines()]
     assert len(lines) == 3
     np.testing.assert_allclose(broken, cleaned, atol=1e-6)

@@ -31,12 +31,17 @@ class ConfigError(ValueError):
     train.py shows it as a one-line error, without a traceback."""
 
 
+# What Python and Keras say of a keyword argument a constructor does not take (`+head.dropuot=0.2`).
+UNKNOWN_ARGUMENT = ("unexpected keyword argument", "Keyword argument not understood")
+
+
 @contextmanager
 def config_group(group: str, keys) -> Iterator[None]:
     """Raise a ValueError (or a FileNotFoundError: a path that is not there) from building
     config group `group` (its `keys`) as a ConfigError that names the key: `dropout must
     be ...` from the head becomes `head.dropout must be ...`. A key the config leaves `???`
-    (task.train_file of task=files) is named the same way."""
+    (task.train_file of task=files) is named the same way, and so is a key the constructor
+    does not take (`+head.dropuot=0.2`: a TypeError that Python or Keras raise)."""
     try:
         yield
     except ConfigError:
@@ -45,11 +50,15 @@ def config_group(group: str, keys) -> Iterator[None]:
         raise ConfigError(
             f"{error.full_key} has no value (it is ??? in the config); set it: {error.full_key}=..."
         ) from None
-    except (ValueError, FileNotFoundError, InstantiationException) as error:
+    except (ValueError, FileNotFoundError, TypeError, InstantiationException) as error:
         if isinstance(error, InstantiationException):  # Hydra's wrapper around what the constructor raised
-            if not isinstance(error.__cause__, (ValueError, FileNotFoundError)):
+            if not isinstance(error.__cause__, (ValueError, FileNotFoundError, TypeError)):
                 raise
             error = error.__cause__
+        if isinstance(error, TypeError):
+            if not any(words in str(error) for words in UNKNOWN_ARGUMENT):
+                raise error
+            raise ConfigError(f"{group}: {error} (a misspelt key? `--cfg job` shows the valid ones)") from None
         message = str(error)
         first = message.split(maxsplit=1)[0].split("=")[0] if message else ""
         if first != group and not first.startswith(f"{group}."):

@@ -274,6 +274,11 @@ def main(argv: list[str]) -> None:
     """`run_dir=<run> [export.export_dir=...] [export.name=...] [export.version=...]`."""
     usage = ("usage: python -m tfbert.export run_dir=<run dir> [export.name=NAME] [export.version=N] "
              "[export.export_dir=DIR] [export.branches=N]")
+    if {"-h", "--help"} & set(argv):
+        print(f"{usage}\n\nExports a finished tfbert run again, from its config.yaml, task.json and best checkpoint.")
+        raise SystemExit(0)
+    if bare := [argument for argument in argv if "=" not in argument]:
+        raise SystemExit(f"{usage}\n{bare[0]!r} is not KEY=VALUE; the run dir is given as run_dir={bare[0]}")
     try:
         arguments = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
     except Exception as error:
@@ -284,6 +289,8 @@ def main(argv: list[str]) -> None:
     if unknown or "run_dir" not in arguments:
         problem = f"unknown keys {unknown}" if unknown else "run_dir is required"
         raise SystemExit(f"{usage}\n{problem}; valid: run_dir, {', '.join('export.' + key for key in keys)}")
+    if not Path(arguments["run_dir"]).is_dir():
+        raise SystemExit(f"tfbert.export: run_dir {arguments['run_dir']} does not exist")
     try:
         print(export_run(arguments["run_dir"], **export_args))
     except (FileExistsError, FileNotFoundError, ValueError, InstantiationException) as error:

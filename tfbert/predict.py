@@ -184,7 +184,7 @@ def main(argv: list[str]) -> None:
         "--output", type=Path, help=f"also write the predictions to this file ({', '.join(OUTPUT_SUFFIXES)})"
     )
     parser.add_argument("--batch-size", type=int, default=32, help="texts per model call (default: 32)")
-    arguments = parser.parse_args(argv)
+    arguments = parser.parse_intermixed_args(argv)  # texts before or after the options
     if arguments.batch_size < 1:
         parser.error(f"--batch-size must be positive, got {arguments.batch_size}")
     if arguments.texts and arguments.input:
