@@ -23,11 +23,11 @@ from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 from transformers import PreTrainedTokenizerBase
 
+from tfbert.checkpoints import best_so_far
 from tfbert.checks import check_flags, is_whole_number
 from tfbert.classifier import INPUT_NAMES, encoder_features, in_slices
 from tfbert.figures import attention_figure, confusion_matrix_figure, png_bytes
 from tfbert.heads import ClassificationHead
-from tfbert.checkpoints import best_so_far
 from tfbert.objectives import BestEpoch
 from tfbert.tasks.task_data import column
 

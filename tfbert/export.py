@@ -9,7 +9,7 @@ server never sees half an export; an existing version is never overwritten. Serv
 the export needs tensorflow and tensorflow_text only (`import tensorflow_text` before
 `tf.saved_model.load`, to register the tokenizer ops).
 
-Re-export a finished run (its config.yaml and best checkpoint, checkpoints/best.json):
+Re-export a finished run (its config.yaml, task.json and best checkpoint, checkpoints/best.json):
 
     python -m tfbert.export run_dir=outputs/... [export.name=sentiment] [export.version=2]
 """
@@ -271,7 +271,7 @@ def export_run(run_dir: str | Path, **export_args) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    """`run_dir=<run> [export.export_dir=...] [export.name=...] [export.version=...]`."""
+    """`run_dir=<run> [export.export_dir=...] [export.name=...] [export.version=...] [export.branches=...]`."""
     usage = ("usage: python -m tfbert.export run_dir=<run dir> [export.name=NAME] [export.version=N] "
              "[export.export_dir=DIR] [export.branches=N]")
     if {"-h", "--help"} & set(argv):
