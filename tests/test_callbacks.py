@@ -307,3 +307,21 @@ def test_a_resumed_run_reports_the_best_epoch_its_checkpoint_holds(tmp_path):
     logger.on_train_end()
     assert scalars(tmp_path / "tensorboard", "best/val_accuracy") == [pytest.approx(0.8)]
     assert scalars(tmp_path / "tensorboard", "best/val_loss") == [pytest.approx(0.4)]
+
+
+def test_an_epoch_cut_short_gets_no_validation_insights(tiny_backbone, tokenizer, task, tmp_path):
+    """After SIGTERM, Ctrl-C or a NaN stopped training mid-epoch, the epoch's end writes no
+    insights and logs no val_* metrics: the rerun that resumes the epoch validates it."""
+    validation = Preprocessor(tokenizer, task.max_length)(task.splits)["validation"]
+    head = ClsHead(num_outputs=2)
+    model = build_classifier(tiny_backbone, head)
+    insights = ValidationInsights(tiny_backbone, head, tokenizer, validation, task.label_names,
+                                  log_dir=tmp_path / "insights", projector_dir=tmp_path / "projector", monitor=None)
+    insights.set_model(model)
+    insights.on_train_begin()
+    model.stop_training = True
+    logs = {"loss": 0.5}
+    insights.on_epoch_end(0, logs)
+    insights.on_train_end()
+    assert logs == {"loss": 0.5} and not (tmp_path / "projector").exists()
+    assert tensor_summaries(tmp_path / "insights") == {}

@@ -104,3 +104,39 @@ def test_a_run_resumes_only_with_the_settings_it_started_with(snippets_file, tmp
     with pytest.raises(RunDirInUse, match=r"other settings: optimizer.learning_rate \(5e-05 then, 0.01 now\)\. Rerun"):
         run(changed)
     assert (tmp_path / "config.yaml").read_text() == saved
+
+
+def test_an_epoch_cut_short_is_not_checkpointed(tmp_path):
+    """SIGTERM in epoch 1: the run stops with a backup, and the best checkpoint does not take the
+    half-trained weights for the epoch's, whatever a validation logs (the rerun finishes it)."""
+    import os
+    import signal
+
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+
+    from tests.conftest import tiny_classifier
+    from tfbert.checkpoints import Preempted
+    from tfbert.objectives import loss_and_metrics
+    from tfbert.optimization import create_adamw
+    from tfbert.trainer import Trainer
+
+    class TermAtFirstStep(tf_keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    class Validator(tf_keras.callbacks.Callback):  # a validation that runs even on a cut-short epoch
+        validates = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs.update(val_loss=1.0, val_accuracy=0.5)
+
+    ids = np.full((4, 6), 1000, np.int32)
+    tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    train = tf.data.Dataset.from_tensor_slices((tokens, np.array([0, 1, 0, 1], np.int32))).batch(2)
+    with pytest.raises(Preempted, match="stopped on SIGTERM at epoch 1, step 1"):
+        Trainer(epochs=2).fit(tiny_classifier(), create_adamw(num_train_steps=4), *loss_and_metrics("single_label"),
+                              train, 2, train, tmp_path, callbacks=[TermAtFirstStep(), Validator()])
+    assert not (tmp_path / "checkpoints" / "best.json").exists()

@@ -69,6 +69,8 @@ class ProgressLogger(tf_keras.callbacks.Callback):
         self.epoch_started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training:
+            return  # an epoch cut short (SIGTERM, Ctrl-C, NaN): its own message follows
         now = time.perf_counter()
         self.epochs_run += 1
         done, epochs = epoch + 1, self.params["epochs"]
@@ -225,6 +227,8 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         self.writer.close()
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training:
+            return  # an epoch cut short (SIGTERM, Ctrl-C, NaN): the rerun that resumes it validates it
         logits, pooled = self.predict()
         probabilities = tf.nn.softmax(logits).numpy()  # (examples, classes)
         predicted = probabilities.argmax(axis=-1)

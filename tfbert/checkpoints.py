@@ -84,8 +84,9 @@ class BestCheckpoint(tf_keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         value = logs.get(self.monitor)
-        if not math.isfinite(logs.get("loss", 0.0)):
-            return  # weights from a NaN/inf training step are never kept
+        if self.model.stop_training or not math.isfinite(logs.get("loss", 0.0)):
+            # An epoch cut short (SIGTERM, Ctrl-C: the rerun finishes it) or from a NaN/inf step.
+            return
         if value is None:
             raise KeyError(f"monitor {self.monitor!r} is not among the logged metrics {sorted(logs or {})}")
         if not self.tracker.update(logs):
