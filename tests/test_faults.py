@@ -43,13 +43,13 @@ def test_a_run_dir_is_checked_for_other_runs(tmp_path):
     from tfbert.trainer import Trainer
 
     backup_dir = tmp_path / "backup"
-    Trainer().check_run_dir(tmp_path, backup_dir)
+    assert Trainer().check_run_dir(tmp_path, backup_dir) is False
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "best.json").write_text("{}")
     with pytest.raises(RunDirInUse, match=f"{tmp_path} holds a finished run .*tfbert.export run_dir={tmp_path}"):
         Trainer().check_run_dir(tmp_path, backup_dir)
     tf.train.CheckpointManager(tf.train.Checkpoint(step=tf.Variable(1)), str(backup_dir / "chief"), 1).save()
-    Trainer(resume="auto").check_run_dir(tmp_path, backup_dir)  # the unfinished run continues
+    assert Trainer(resume="auto").check_run_dir(tmp_path, backup_dir)  # the unfinished run resumes
     with pytest.raises(RunDirInUse, match=f"{backup_dir} holds an unfinished run; use trainer.resume=auto"):
         Trainer(resume="never").check_run_dir(tmp_path, backup_dir)
 
@@ -82,7 +82,7 @@ def test_a_crash_after_an_epoch_resumes_from_its_end(tmp_path):
                     train, tmp_path, callbacks=[CrashInEpoch2()])
     assert (tmp_path / "checkpoints" / "best.json").is_file()
     assert backup_position(tmp_path / "backup", steps_per_epoch=2) == 2  # epoch 1 done
-    trainer.check_run_dir(tmp_path, tmp_path / "backup")  # resumable, not refused
+    assert trainer.check_run_dir(tmp_path, tmp_path / "backup")  # resumable, not refused
 
 
 def test_a_run_resumes_only_with_the_settings_it_started_with(snippets_file, tmp_path):

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from tfbert.backbone import check_max_length
 from tfbert.callbacks import flat_hparams
 from tfbert.checks import config_group
-from tfbert.checkpoints import RunDirInUse, latest_backup, write_json
+from tfbert.checkpoints import RunDirInUse, write_json
 from tfbert.classifier import build_classifier
 from tfbert.distribute import build_strategy, check_global_batch, worker_dir
 from tfbert.evaluation import evaluate
@@ -78,8 +78,8 @@ def check_resumed_settings(started: DictConfig, now: DictConfig, backup_dir: Pat
 def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distribute.Strategy, run_dir: Path) -> dict:
     """The body of run(): this process writes to `run_dir`; the model lives in `strategy`'s scope."""
     backup_dir = Path(cfg.run_dir) / "backup"  # shared by all workers, to resume them together
-    trainer.check_run_dir(run_dir, backup_dir)  # before this run writes anything there
-    if latest_backup(backup_dir) and (run_dir / "config.yaml").is_file():
+    resumes = trainer.check_run_dir(run_dir, backup_dir)  # before this run writes anything there
+    if resumes and (run_dir / "config.yaml").is_file():
         check_resumed_settings(OmegaConf.load(run_dir / "config.yaml"), cfg, backup_dir)
     # What `python -m tfbert.export run_dir=...` rebuilds the model from.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

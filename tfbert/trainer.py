@@ -191,11 +191,11 @@ class Trainer:
             steps_per_execution=self.steps_per_execution,
         )
 
-    def check_run_dir(self, run_dir: Path, backup_dir: Path) -> None:
-        """Raise RunDirInUse where training in `run_dir` would mix with another run: an
-        unfinished run's backup with `resume` never, or a finished run's best checkpoint (its
-        best value would stand for this run's, and its weights be restored if no epoch beat it).
-        Cheap: `fit` calls it, and a caller can before any work."""
+    def check_run_dir(self, run_dir: Path, backup_dir: Path) -> bool:
+        """Whether training in `run_dir` resumes a backup; RunDirInUse where it would mix with
+        another run: an unfinished run's backup with `resume` never, or a finished run's best
+        checkpoint (its best value would stand for this run's, and its weights be restored if no
+        epoch beat it). Cheap: `fit` calls it, and a caller can before any work."""
         run_dir, backup_dir = Path(run_dir), Path(backup_dir)
         if latest_backup(backup_dir):
             if self.resume == "never":
@@ -203,13 +203,14 @@ class Trainer:
                     f"{backup_dir} holds an unfinished run; use trainer.resume=auto to continue it, "
                     "or another run dir (hydra.run.dir=...) to start over"
                 )
-            return
+            return True
         best = run_dir / "checkpoints" / "best.json"
         if best.is_file():
             raise RunDirInUse(
                 f"{run_dir} holds a finished run ({best}, and no backup to resume): choose another run dir "
                 f"(hydra.run.dir=...) to train; `python -m tfbert.export run_dir={run_dir}` exports that run again"
             )
+        return False
 
     def checked_monitor(self, metrics: list, callbacks: list) -> tuple[str, str]:
         """The checkpoint monitor and its mode (`min` or `max`), checked against every val_*
