@@ -1,7 +1,9 @@
 """Insight callbacks: a tiny run's TensorBoard event files hold every kind of summary."""
 
+import io
 import json
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import MINILM, TINY_CONFIG, compose_config, scalars, tiny_classifier
 from tfbert.backbone import load_backbone
-from tfbert.callbacks import ValidationInsights, duration, flat_hparams, insight_callbacks
+from tfbert.callbacks import ProgressLogger, ValidationInsights, duration, flat_hparams, insight_callbacks
 from tfbert.classifier import build_classifier
 from tfbert.figures import attention_figure, png_bytes
 from tfbert.heads import ClsHead
@@ -93,7 +95,7 @@ def test_projector_has_labelled_pooled_features(insight_run):
     assert features.shape == (10, 32)  # (examples, hidden): the mean head pools hidden states
 
 
-def test_progress_line_per_epoch(snippets_file, tmp_path, caplog):
+def test_progress_line_per_epoch(snippets_file, tmp_path, caplog, capsys):
     cfg = compose_config(
         "model=tiny", f"task.data_file={snippets_file}", "trainer.epochs=1", "insight.validation_insights=false",
         "insight.hparams_dashboard=false", "task.max_train_samples=32", f"run_dir={tmp_path}",
@@ -102,9 +104,38 @@ def test_progress_line_per_epoch(snippets_file, tmp_path, caplog):
         run(cfg)
     (line,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("epoch ")]
     assert "epoch 1/1" in line and "val_accuracy" in line and line.endswith("about 0s left")
+    assert "Epoch 1/1" not in capsys.readouterr().out  # Keras' own epoch output is off: one line per epoch
     summary = next(record.getMessage() for record in caplog.records if record.getMessage().startswith("results"))
     assert "accuracy" in summary and str(tmp_path / "metrics.json") in summary
     assert not (tmp_path / "tensorboard" / "validation_insights").exists()
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_in_a_terminal_clears_before_the_epoch_line(monkeypatch, caplog):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    model = tf_keras.Sequential([tf_keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    with caplog.at_level(logging.INFO):
+        model.fit(np.ones((12, 2)), np.ones(12), batch_size=4, epochs=2, verbose=0, callbacks=[ProgressLogger()])
+    drawn = terminal.getvalue()
+    assert "epoch 1/2:" in drawn and "epoch 2/2:" in drawn and "0/3 " in drawn  # a bar over each epoch's 3 steps
+    assert drawn.endswith("\r") and drawn.rsplit("\r", 2)[-2].strip() == ""  # the last bar was blanked
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+
+
+def test_no_bar_without_a_terminal(monkeypatch):
+    log_file = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log_file)
+    model = tf_keras.Sequential([tf_keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(np.ones((8, 2)), np.ones(8), batch_size=4, epochs=1, verbose=0, callbacks=[ProgressLogger()])
+    assert log_file.getvalue() == ""
 
 
 @pytest.mark.parametrize("parallel_slices", [1, 3])

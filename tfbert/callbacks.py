@@ -5,7 +5,7 @@ Under <run_dir>/tensorboard/ (next to Keras' own train/ and validation/ scalars)
     validation_insights/  per epoch: confusion matrix, PR curves, misclassified examples,
                           what [CLS] attends to in the last layer
     projector/            pooled features of validation examples, labelled (best epoch)
-and one readable log line per epoch (ProgressLogger).
+and one readable log line per epoch, with a bar over its steps in a terminal (ProgressLogger).
 """
 
 import logging
@@ -21,6 +21,7 @@ from sklearn.metrics import confusion_matrix, f1_score
 from tensorboard.plugins import projector
 from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
+from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from tfbert.checkpoints import best_so_far
@@ -59,16 +60,34 @@ def _flatten(values: dict, prefix: str, into: dict) -> None:
 
 
 class ProgressLogger(tf_keras.callbacks.Callback):
-    """One log line per epoch: its metrics, how long it took and the expected time left."""
+    """The run's progress: one log line per epoch (its metrics, how long it took, the time
+    left) and, in a terminal, a bar over the epoch's steps that clears itself at the end.
+
+    Trainer turns Keras' own progress output off when this callback is there: both would
+    print every epoch, and Keras' bar would run into the log line.
+    """
 
     def on_train_begin(self, logs=None):
         self.started = time.perf_counter()
         self.epochs_run = 0  # in this process: a resumed run starts past epoch 0
+        self.bar = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.perf_counter()
+        # disable=None: a bar only on a terminal; a log file gets the epoch line alone.
+        self.bar = tqdm(
+            total=self.params["steps"], desc=f"epoch {epoch + 1}/{self.params['epochs']}",
+            unit="step", leave=False, disable=None, dynamic_ncols=True,
+        )
+
+    def on_train_batch_end(self, batch, logs=None):
+        # batch: the step's index in the epoch (under steps_per_execution, the last one run)
+        self.bar.update(batch + 1 - self.bar.n)
+        if logs and "loss" in logs:
+            self.bar.set_postfix_str(f"loss {logs['loss']:.4f}", refresh=False)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._close_bar()
         if self.model.stop_training:
             return  # an epoch cut short (SIGTERM, Ctrl-C, NaN): its own message follows
         now = time.perf_counter()
@@ -80,6 +99,14 @@ class ProgressLogger(tf_keras.callbacks.Callback):
             "epoch %d/%d  %s  %s  about %s left",
             done, epochs, duration(now - self.epoch_started), scores, duration(left),
         )
+
+    def on_train_end(self, logs=None):
+        self._close_bar()  # training stopped inside an epoch
+
+    def _close_bar(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def duration(seconds: float) -> str:

@@ -162,7 +162,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
         "train_precision": trainer.precision,
     }
     write_json(run_dir / "metrics.json", metrics)
-    log.info("test metrics: %s", {key: value for key, value in metrics["test"].items() if isinstance(value, float)})
+    log.info("evaluated (%s); exporting the SavedModel", run_dir / "metrics.json")
     if trainer.precision != "float32":  # the export computes in float32, whatever the run trained in
         trained, model = model, float32_classifier(cfg, task)
         for layer, trained_layer in zip(model.layers, trained.layers):  # not the model's gradient accumulators

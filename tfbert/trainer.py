@@ -8,6 +8,7 @@ from pathlib import Path
 import tensorflow as tf
 import tf_keras
 
+from tfbert.callbacks import ProgressLogger
 from tfbert.checkpoints import (
     Backup, BestCheckpoint, Preempted, RunDirInUse, backup_position, best_checkpoint, latest_backup,
 )
@@ -290,7 +291,8 @@ class Trainer:
                 ),
             ],
             class_weight=class_weight,
-            verbose=1 if sys.stdout.isatty() else 2,
+            # ProgressLogger shows the epochs; without it, Keras' bar (terminal) or line per epoch
+            verbose=0 if any(isinstance(c, ProgressLogger) for c in callbacks) else 1 if sys.stdout.isatty() else 2,
         )
         if backup.preempted_at is not None:
             epoch, step, signal_name = backup.preempted_at
