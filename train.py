@@ -8,8 +8,8 @@ import tfbert  # noqa: F401  (checks the environment before anything heavy is im
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from tfbert.checkpoints import RunDirInUse
     from tfbert.checks import ConfigError
+    from tfbert.run_dir import RunDirInUse
     from tfbert.evaluation import sweep_objective
     from tfbert.train import run
 

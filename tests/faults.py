@@ -265,8 +265,9 @@ def finished_run_dir_reused(space: Workspace) -> dict:
     """A new run (another seed) in a finished run's dir is refused before it writes anything there."""
     run_dir = space.run_dir("reference")
     space.reference  # the finished run
-    files = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file() and ".hydra" not in path.parts
-             and path.name != "train.log"}  # Hydra itself logs and records every launch
+    # every file, Hydra's record of the launch (.hydra/overrides.yaml, which tfbert.compare reads) and log too
+    files = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    assert run_dir / ".hydra" / "overrides.yaml" in files and run_dir / "train.log" in files
     code, output = finish(space.data_file, run_dir, "seed=7")
     named = f"{run_dir} holds a finished run" in output and "Traceback" not in output
     untouched = all(path.read_bytes() == content for path, content in files.items())

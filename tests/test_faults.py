@@ -39,19 +39,18 @@ def test_a_run_dir_is_checked_for_other_runs(tmp_path):
     checkpoint without a backup is refused; an empty run dir is fine."""
     import tensorflow as tf
 
-    from tfbert.checkpoints import RunDirInUse
-    from tfbert.trainer import Trainer
+    from tfbert.run_dir import RunDirInUse, check_run_dir
 
     backup_dir = tmp_path / "backup"
-    assert Trainer().check_run_dir(tmp_path, backup_dir) is False
+    assert check_run_dir(tmp_path, backup_dir, resume="auto") is False
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "best.json").write_text("{}")
     with pytest.raises(RunDirInUse, match=f"{tmp_path} holds a finished run .*tfbert.export run_dir={tmp_path}"):
-        Trainer().check_run_dir(tmp_path, backup_dir)
+        check_run_dir(tmp_path, backup_dir, resume="auto")
     tf.train.CheckpointManager(tf.train.Checkpoint(step=tf.Variable(1)), str(backup_dir / "chief"), 1).save()
-    assert Trainer(resume="auto").check_run_dir(tmp_path, backup_dir)  # the unfinished run resumes
+    assert check_run_dir(tmp_path, backup_dir, resume="auto")  # the unfinished run resumes
     with pytest.raises(RunDirInUse, match=f"{backup_dir} holds an unfinished run; use trainer.resume=auto"):
-        Trainer(resume="never").check_run_dir(tmp_path, backup_dir)
+        check_run_dir(tmp_path, backup_dir, resume="never")
 
 
 def test_a_crash_after_an_epoch_resumes_from_its_end(tmp_path):
@@ -66,6 +65,7 @@ def test_a_crash_after_an_epoch_resumes_from_its_end(tmp_path):
     from tfbert.checkpoints import backup_position
     from tfbert.objectives import loss_and_metrics
     from tfbert.optimization import create_adamw
+    from tfbert.run_dir import check_run_dir
     from tfbert.trainer import Trainer
 
     class CrashInEpoch2(tf_keras.callbacks.Callback):
@@ -82,7 +82,7 @@ def test_a_crash_after_an_epoch_resumes_from_its_end(tmp_path):
                     train, tmp_path, callbacks=[CrashInEpoch2()])
     assert (tmp_path / "checkpoints" / "best.json").is_file()
     assert backup_position(tmp_path / "backup", steps_per_epoch=2) == 2  # epoch 1 done
-    assert trainer.check_run_dir(tmp_path, tmp_path / "backup")  # resumable, not refused
+    assert check_run_dir(tmp_path, tmp_path / "backup", trainer.resume)  # resumable, not refused
 
 
 def test_a_run_resumes_only_with_the_settings_it_started_with(snippets_file, tmp_path):
@@ -92,7 +92,7 @@ def test_a_run_resumes_only_with_the_settings_it_started_with(snippets_file, tmp
     from omegaconf import OmegaConf
 
     from tests.conftest import compose_config
-    from tfbert.checkpoints import RunDirInUse
+    from tfbert.run_dir import RunDirInUse
     from tfbert.train import run
 
     started = compose_config("model=tiny", f"task.data_file={snippets_file}", f"run_dir={tmp_path}")
@@ -104,6 +104,36 @@ def test_a_run_resumes_only_with_the_settings_it_started_with(snippets_file, tmp
     with pytest.raises(RunDirInUse, match=r"other settings: optimizer.learning_rate \(5e-05 then, 0.01 now\)\. Rerun"):
         run(changed)
     assert (tmp_path / "config.yaml").read_text() == saved
+
+
+def test_hydra_refuses_a_run_dir_in_use_before_recording_the_launch(snippets_file, tmp_path):
+    """RunDirCheck runs the run-dir checks at Hydra's run start, before Hydra writes .hydra/."""
+    import tensorflow as tf
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tests.conftest import ROOT
+    from tfbert.run_dir import RunDirCheck
+
+    def launch(*overrides):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            config = compose("config", [f"hydra.run.dir={tmp_path}", "model=tiny", f"task.data_file={snippets_file}",
+                                        *overrides], return_hydra_config=True)
+        return RunDirCheck().on_run_start(config)
+
+    assert launch() is None  # an empty dir
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best.json").write_text("{}")
+    with pytest.raises(SystemExit, match=f"tfbert: {tmp_path} holds a finished run"):
+        launch()
+    assert launch(f"run_dir={tmp_path / 'elsewhere'}") is None  # the run trains elsewhere: run() checks there
+    started = OmegaConf.create({"run_dir": str(tmp_path), "seed": 42})
+    OmegaConf.save(started, tmp_path / "config.yaml")
+    tf.train.CheckpointManager(tf.train.Checkpoint(step=tf.Variable(1)), str(tmp_path / "backup" / "chief"), 1).save()
+    with pytest.raises(SystemExit, match="holds an unfinished run with other settings: .*optimizer"):
+        launch()  # this launch's settings are not the ones the backup's run started with
+    with pytest.raises(SystemExit, match="holds an unfinished run; use trainer.resume=auto"):
+        launch("trainer.resume=never")
 
 
 def test_an_epoch_cut_short_is_not_checkpointed(tmp_path):

@@ -28,10 +28,6 @@ class CorruptCheckpoint(RuntimeError):
     """A checkpoint on disk cannot be read; the message names its path."""
 
 
-class RunDirInUse(FileExistsError):
-    """The run_dir holds what a new run would mix with; the message says what and what to do."""
-
-
 def write_json(path: Path, payload: dict) -> None:
     """Write JSON atomically (tfbert.atomic): the whole payload or the file as it was."""
     with atomic_file(path) as file:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from tfbert.backbone import check_max_length
 from tfbert.callbacks import flat_hparams
 from tfbert.checks import config_group
-from tfbert.checkpoints import RunDirInUse, write_json
+from tfbert.checkpoints import write_json
 from tfbert.classifier import build_classifier
 from tfbert.distribute import build_strategy, check_global_batch, worker_dir
 from tfbert.evaluation import evaluate
@@ -22,6 +22,7 @@ from tfbert.features import feature_extraction
 from tfbert.pipeline import batch_stats
 from tfbert.preprocessing import InGraphTokenizer, Preprocessor, load_tokenizer
 from tfbert.report import run_summary
+from tfbert.run_dir import check_run_dir
 from tfbert.tasks import TaskData
 
 log = logging.getLogger(__name__)
@@ -57,30 +58,10 @@ def build(cfg: DictConfig, group: str, **arguments):
         return built(**arguments) if arguments else built
 
 
-def check_resumed_settings(started: DictConfig, now: DictConfig, backup_dir: Path) -> None:
-    """RunDirInUse unless a run resuming from `backup_dir` has the settings it `started` with:
-    a backup holds the model, optimizer and data position those settings made."""
-
-    def differences(before, after, key=""):
-        if isinstance(before, dict) and isinstance(after, dict):
-            return [line for name in sorted(before.keys() | after.keys())
-                    for line in differences(before.get(name), after.get(name), f"{key}.{name}".lstrip("."))]
-        return [] if before == after else [f"{key} ({before!r} then, {after!r} now)"]
-
-    changed = differences(OmegaConf.to_container(started, resolve=True), OmegaConf.to_container(now, resolve=True))
-    if changed:
-        raise RunDirInUse(
-            f"{backup_dir} holds an unfinished run with other settings: {'; '.join(changed)}. Rerun with the "
-            "settings it started with to resume it, or train in another run dir (hydra.run.dir=...)"
-        )
-
-
 def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distribute.Strategy, run_dir: Path) -> dict:
     """The body of run(): this process writes to `run_dir`; the model lives in `strategy`'s scope."""
     backup_dir = Path(cfg.run_dir) / "backup"  # shared by all workers, to resume them together
-    resumes = trainer.check_run_dir(run_dir, backup_dir)  # before this run writes anything there
-    if resumes and (run_dir / "config.yaml").is_file():
-        check_resumed_settings(OmegaConf.load(run_dir / "config.yaml"), cfg, backup_dir)
+    check_run_dir(run_dir, backup_dir, trainer.resume, cfg)  # before this run writes anything there
     # What `python -m tfbert.export run_dir=...` rebuilds the model from.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     tf_keras.utils.set_random_seed(cfg.seed)

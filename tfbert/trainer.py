@@ -9,13 +9,12 @@ import tensorflow as tf
 import tf_keras
 
 from tfbert.callbacks import ProgressLogger
-from tfbert.checkpoints import (
-    Backup, BestCheckpoint, Preempted, RunDirInUse, backup_position, best_checkpoint, latest_backup,
-)
+from tfbert.checkpoints import Backup, BestCheckpoint, Preempted, backup_position, best_checkpoint
 from tfbert.checks import check_flags, is_whole_number
 from tfbert.objectives import checkpoint_monitor, lower_is_better
 from tfbert.pipeline import stream_epochs
 from tfbert.precision import resolve_precision
+from tfbert.run_dir import check_run_dir
 from tfbert.threads import cpu_cores, one_thread_per_op
 
 log = logging.getLogger(__name__)
@@ -192,27 +191,6 @@ class Trainer:
             steps_per_execution=self.steps_per_execution,
         )
 
-    def check_run_dir(self, run_dir: Path, backup_dir: Path) -> bool:
-        """Whether training in `run_dir` resumes a backup; RunDirInUse where it would mix with
-        another run: an unfinished run's backup with `resume` never, or a finished run's best
-        checkpoint (its best value would stand for this run's, and its weights be restored if no
-        epoch beat it). Cheap: `fit` calls it, and a caller can before any work."""
-        run_dir, backup_dir = Path(run_dir), Path(backup_dir)
-        if latest_backup(backup_dir):
-            if self.resume == "never":
-                raise RunDirInUse(
-                    f"{backup_dir} holds an unfinished run; use trainer.resume=auto to continue it, "
-                    "or another run dir (hydra.run.dir=...) to start over"
-                )
-            return True
-        best = run_dir / "checkpoints" / "best.json"
-        if best.is_file():
-            raise RunDirInUse(
-                f"{run_dir} holds a finished run ({best}, and no backup to resume): choose another run dir "
-                f"(hydra.run.dir=...) to train; `python -m tfbert.export run_dir={run_dir}` exports that run again"
-            )
-        return False
-
     def checked_monitor(self, metrics: list, callbacks: list) -> tuple[str, str]:
         """The checkpoint monitor and its mode (`min` or `max`), checked against every val_*
         metric the run will log (the compiled `metrics`' and those `callbacks` declare in
@@ -254,7 +232,7 @@ class Trainer:
         """
         run_dir = Path(run_dir)
         backup_dir = Path(backup_dir or run_dir / "backup")
-        self.check_run_dir(run_dir, backup_dir)
+        check_run_dir(run_dir, backup_dir, self.resume)
         done = backup_position(backup_dir, steps_per_epoch)  # verifies the backup, if any
         if done >= self.epochs * steps_per_epoch:
             log.info("resuming from %s: training had finished when the run stopped", backup_dir)

@@ -1,0 +1,83 @@
+"""What a run dir may already hold when a run starts there.
+
+A run trains in an empty dir, or resumes the unfinished run whose backup (backup/) the
+dir holds, with the settings that run started with (its config.yaml). Anything else
+would mix two runs' files: RunDirInUse, before the new run writes anything. RunDirCheck
+does the same check for Hydra before Hydra records the launch in the dir's .hydra/.
+"""
+
+import copy
+import os
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from tfbert.checkpoints import latest_backup
+
+
+class RunDirInUse(FileExistsError):
+    """The run_dir holds what a new run would mix with; the message says what and what to do."""
+
+
+def check_run_dir(run_dir: Path, backup_dir: Path, resume: str, cfg: DictConfig | None = None) -> bool:
+    """Whether a run in `run_dir` resumes the backup in `backup_dir`; RunDirInUse where it
+    would mix with another run: an unfinished run's backup with `resume` never, or resumed
+    by a run whose `cfg` differs from the config.yaml it started with; a finished run's best
+    checkpoint (its best value would stand for this run's, and its weights be restored if
+    no epoch beat it). Cheap: a caller can check before any work."""
+    run_dir, backup_dir = Path(run_dir), Path(backup_dir)
+    if latest_backup(backup_dir):
+        if resume == "never":
+            raise RunDirInUse(
+                f"{backup_dir} holds an unfinished run; use trainer.resume=auto to continue it, "
+                "or another run dir (hydra.run.dir=...) to start over"
+            )
+        if cfg is not None and (run_dir / "config.yaml").is_file():
+            check_resumed_settings(OmegaConf.load(run_dir / "config.yaml"), cfg, backup_dir)
+        return True
+    best = run_dir / "checkpoints" / "best.json"
+    if best.is_file():
+        raise RunDirInUse(
+            f"{run_dir} holds a finished run ({best}, and no backup to resume): choose another run dir "
+            f"(hydra.run.dir=...) to train; `python -m tfbert.export run_dir={run_dir}` exports that run again"
+        )
+    return False
+
+
+def check_resumed_settings(started: DictConfig, now: DictConfig, backup_dir: Path) -> None:
+    """RunDirInUse unless a run resuming from `backup_dir` has the settings it `started` with:
+    a backup holds the model, optimizer and data position those settings made."""
+
+    def differences(before, after, key=""):
+        if isinstance(before, dict) and isinstance(after, dict):
+            return [line for name in sorted(before.keys() | after.keys())
+                    for line in differences(before.get(name), after.get(name), f"{key}.{name}".lstrip("."))]
+        return [] if before == after else [f"{key} ({before!r} then, {after!r} now)"]
+
+    changed = differences(OmegaConf.to_container(started, resolve=True), OmegaConf.to_container(now, resolve=True))
+    if changed:
+        raise RunDirInUse(
+            f"{backup_dir} holds an unfinished run with other settings: {'; '.join(changed)}. Rerun with the "
+            "settings it started with to resume it, or train in another run dir (hydra.run.dir=...)"
+        )
+
+
+class RunDirCheck(Callback):
+    """Hydra callback (conf/config.yaml `hydra.callbacks`): check_run_dir before Hydra writes
+    the launch's record (.hydra/: config and overrides, which tfbert.compare reads) into the
+    run dir, so a refused run leaves the run there as it was. For single runs (`hydra.run.dir`);
+    a sweep's jobs start in new dirs."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        if not OmegaConf.is_interpolation(config, "run_dir"):
+            return  # run_dir=... names another dir than Hydra's: run() checks that one
+        cfg = copy.deepcopy(config)
+        with open_dict(cfg):
+            del cfg["hydra"]
+            cfg.run_dir = os.path.abspath(config.hydra.run.dir)  # what hydra:runtime.output_dir becomes
+        run_dir = Path(cfg.run_dir)
+        try:
+            check_run_dir(run_dir, run_dir / "backup", cfg.trainer.get("resume"), cfg)
+        except RunDirInUse as error:
+            raise SystemExit(f"tfbert: {error}") from None
