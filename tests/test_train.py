@@ -153,6 +153,15 @@ def test_a_max_length_beyond_the_position_embeddings_fails_before_training(snipp
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("override, key, value", [("seed=abc", "seed", "'abc'"), ("seed=-1", "seed", "-1"),
+                                                  ("pipeline.seed=2.5", "pipeline.seed", "2.5")])
+def test_a_bad_seed_is_named_before_anything_runs(snippets_file, tmp_path, override, key, value):
+    cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", override, f"run_dir={tmp_path}")
+    with pytest.raises(ConfigError, match=f"^{key} must be a whole number from 0 to 4294967295, got {value}$"):
+        run(cfg)
+    assert not tmp_path.joinpath("config.yaml").exists()
+
+
 def test_a_fractional_batch_size_is_named_before_the_replicas_are_counted(snippets_file, tmp_path):
     cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", "pipeline.batch_size=3.5", f"run_dir={tmp_path}")
     with pytest.raises(ConfigError, match="^pipeline.batch_size must be a whole number above 0, got 3.5$"):
