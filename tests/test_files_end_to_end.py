@@ -41,13 +41,15 @@ def multi_label_run(tmp_path_factory):
     return root / "run", run(cfg)
 
 
-def predict_cli(export, *texts):
+def predict_cli(export, *arguments) -> tuple[list[dict], list[str]]:
+    """The predictions written to --output, and the lines printed."""
     result = subprocess.run(
-        [sys.executable, "-m", "tfbert.predict", str(export), *texts, "--output", str(export.parent / "preds.jsonl")],
+        [sys.executable, "-m", "tfbert.predict", str(export), *arguments, "--output", str(export.parent / "preds.jsonl")],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    return [json.loads(line) for line in (export.parent / "preds.jsonl").read_text().splitlines()]
+    predictions = [json.loads(line) for line in (export.parent / "preds.jsonl").read_text().splitlines()]
+    return predictions, result.stdout.splitlines()
 
 
 def test_three_classes(three_class_run):
@@ -56,18 +58,26 @@ def test_three_classes(three_class_run):
     assert task["label_names"] == ["politics", "science", "sports"] and task["problem_type"] == "single_label"
     assert "carved from train" in task["provenance"]["test"]
     assert len(metrics["test"]["confusion_matrix"]) == 3
-    predictions = predict_cli(run_dir / "export" / "files", "vote senate law", "goal match team")
+    predictions, _ = predict_cli(run_dir / "export" / "files", "vote senate law", "goal match team")
     for prediction in predictions:  # the label is the most probable class, named
         assert len(prediction["probabilities"]) == 3
         assert prediction["label"] == task["label_names"][int(np.argmax(prediction["probabilities"]))]
+    # the training file itself, its text in the column the task named (task.text_column=body)
+    train = pd.read_csv(run_dir.parent / "train.csv")
+    predictions, printed = predict_cli(run_dir / "export" / "files", "--input", run_dir.parent / "train.csv",
+                                       "--text-column", "body")
+    assert [prediction["text"] for prediction in predictions] == train["body"].tolist() and len(printed) == 90
 
 
 def test_multi_label(multi_label_run):
     run_dir, metrics = multi_label_run
     assert set(metrics["test"]) >= {"f1_micro", "f1_macro", "subset_accuracy", "per_class"}
-    predictions = predict_cli(run_dir / "export" / "files", "atom cell lab and vote senate law")
-    (prediction,) = predictions
-    assert len(prediction["probabilities"]) == 3 and all(0 <= p <= 1 for p in prediction["probabilities"])
-    # predicted: the classes whose probability reaches the task's threshold
-    threshold = json.loads((run_dir / "task.json").read_text())["threshold"]
-    assert prediction["predicted"] == [p >= threshold for p in prediction["probabilities"]]
+    texts = ["atom cell lab and vote senate law", "goal match team", "nothing"]
+    predictions, printed = predict_cli(run_dir / "export" / "files", *texts)
+    task = json.loads((run_dir / "task.json").read_text())
+    for prediction, line, text in zip(predictions, printed, texts, strict=True):
+        assert len(prediction["probabilities"]) == 3 and all(0 <= p <= 1 for p in prediction["probabilities"])
+        # predicted: the classes whose probability reaches the task's threshold; labels: their names
+        assert prediction["predicted"] == [p >= task["threshold"] for p in prediction["probabilities"]]
+        assert prediction["labels"] == [name for name, chosen in zip(task["label_names"], prediction["predicted"]) if chosen]
+        assert line == f"{','.join(prediction['labels']) or '-'}\t{text!r}"  # every predicted label, not the top one

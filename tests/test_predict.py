@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -41,7 +42,10 @@ def test_texts_from_the_command_line(export_dir, serving, capsys):
 INPUT_FILES = {
     "reviews.txt": "a wonderful film\ndull and tedious\n",
     "reviews.csv": 'id,text\n1,a wonderful film\n2,"dull and tedious"\n',
+    "reviews.tsv": "id\ttext\n1\ta wonderful film\n2\tdull and tedious\n",
     "reviews.jsonl": '{"text": "a wonderful film", "id": 1}\n\n{"text": "dull and tedious"}\n',
+    "reviews.json": '[{"text": "a wonderful film", "id": 1}, {"text": "dull and tedious"}]',
+    "lines.json": '{"text": "a wonderful film", "id": 1}\n{"text": "dull and tedious"}\n',  # JSON lines in .json
 }
 
 
@@ -60,6 +64,24 @@ def test_input_files_to_jsonl(name, bom, export_dir, serving, capsys, tmp_path):
         np.testing.assert_allclose(prediction["probabilities"], outputs["probabilities"].numpy()[row], atol=1e-6)
         assert prediction["probability"] == max(prediction["probabilities"])
         assert prediction["label"] in ("negative", "positive")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json", ".parquet"])
+def test_a_text_column_of_another_name(suffix, export_dir, serving, capsys, tmp_path):
+    """--text-column reads the column a training file named with task.text_column."""
+    table = pd.DataFrame({"id": [1, 2], "review": ["a wonderful film", "dull, tedious"]})
+    source = tmp_path / f"reviews{suffix}"
+    {".csv": lambda: table.to_csv(source, index=False), ".tsv": lambda: table.to_csv(source, sep="\t", index=False),
+     ".jsonl": lambda: table.to_json(source, orient="records", lines=True),
+     ".json": lambda: table.to_json(source, orient="records"), ".parquet": lambda: table.to_parquet(source)}[suffix]()
+    run_cli(capsys, export_dir, "--input", source, "--text-column", "review", "--output", tmp_path / "out.jsonl")
+    predictions = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [prediction["text"] for prediction in predictions] == ["a wonderful film", "dull, tedious"]
+    expected = serving(text=tf.constant(["a wonderful film", "dull, tedious"]))["probabilities"].numpy()
+    np.testing.assert_allclose([prediction["probabilities"] for prediction in predictions], expected, atol=1e-6)
+    with pytest.raises(SystemExit):  # without it: the file has no `text` column, and the error says how to name it
+        main([str(export_dir), "--input", str(source)])
+    assert "--text-column / --text-pair-column name the file's columns" in capsys.readouterr().err
 
 
 def test_csv_output_has_a_column_per_class(export_dir, capsys, tmp_path):
@@ -169,9 +191,13 @@ def test_batches_do_not_change_predictions(serving):
         ("id,review\n1,great\n", ".csv", r"no column \['text'\] in the header; found \['id', 'review'\]"),
         ('{"text": "fine"}\nnot json\n', ".jsonl", "line 2: not JSON"),
         ('{"text": 3}\n', ".jsonl", "line 1: expected an object with string keys"),
-        ("great\n", ".tsv", "unknown file type '.tsv'; valid: .txt, .csv, .jsonl"),
+        ('[{"text": "fine"}, "not an object"]', ".json", "item 2: expected an object with string keys"),
+        ('[{"text": "fine"},', ".json", "not JSON"),
+        ("not parquet", ".parquet", "not a Parquet file"),
+        ("great\n", ".xml", "unknown file type '.xml'; valid: .txt, .csv, .tsv, .jsonl, .json, .parquet"),
     ],
-    ids=["no_arguments", "empty_file", "csv_without_text", "jsonl_not_json", "jsonl_number", "unknown_suffix"],
+    ids=["no_arguments", "empty_file", "csv_without_text", "jsonl_not_json", "jsonl_number", "json_array_item",
+         "json_array_cut", "not_parquet", "unknown_suffix"],
 )
 def test_unusable_input_is_a_clear_error(content, suffix, message, export_dir, tmp_path, capsys):
     argv = [str(export_dir)]

@@ -2,19 +2,25 @@
 
     python -m tfbert.predict <export> "a gripping film" "dull and long"
     python -m tfbert.predict <export> --input reviews.csv --output predictions.jsonl
-    python -m tfbert.predict <export> --input reviews.csv --output predictions.csv
+    python -m tfbert.predict <export> --input reviews.tsv --text-column review --output predictions.csv
 
 <export> is a version directory (`.../sentiment/1`) or the directory holding the
-versions (`.../sentiment`: the highest is used). Inputs:
-    .txt    one text per line (blank lines are empty texts, so lines and outputs align)
-    .csv    a header row with a `text` column (and `text_pair` for pair models)
-    .jsonl  one object per line with a `text` key (and `text_pair`)
-Prints `label<TAB>probability<TAB>text` per text (`value<TAB>text` for regression);
+versions (`.../sentiment`: the highest is used). Inputs, as task=files reads them:
+    .txt            one text per line (blank lines are empty texts, so lines and outputs align)
+    .csv, .tsv      a header row with a `text` column (and `text_pair` for pair models)
+    .jsonl, .json   one object per line, or (.json) an array of objects, with a `text` key
+                    (and `text_pair`)
+    .parquet        a table with a `text` column (and `text_pair`); needs pyarrow
+--text-column and --text-pair-column name other columns (as task.text_column does).
+Prints `label<TAB>probability<TAB>text` per text (`value<TAB>text` for regression; for
+multi-label, the labels at or above the threshold, comma-separated, `-` for none);
 --output also writes, for each text, its input texts, every output of the signature
-(label, label_id, probabilities, logits, ...) and `probability`, that of label:
+(label, label_id, probabilities, logits, predicted, ...), `probability`, that of label,
+and for multi-label `labels`, the names of the predicted classes:
     .jsonl  one JSON object per line
     .csv    one row per text; a per-class output takes a column per class, named
-            `<output>_<class>` (`probabilities_negative`, `probabilities_positive`, ...)
+            `<output>_<class>` (`probabilities_negative`, `probabilities_positive`, ...);
+            `labels` is one comma-separated cell
 Any string gets a prediction: empty or whitespace-only texts are classified from
 [CLS] [SEP] alone, bytes that are not UTF-8 are dropped, long texts are truncated.
 """
@@ -34,9 +40,9 @@ import tensorflow_text  # noqa: F401  (registers the in-graph tokenizer's ops)
 from tfbert.atomic import atomic_file
 from tfbert.threads import cpu_cores, one_thread_per_op
 
-INPUT_SUFFIXES = (".txt", ".csv", ".jsonl")
+INPUT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json", ".parquet")
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
-CSV_FIRST_COLUMNS = ("text", "text_pair", "label", "probability", "value")
+CSV_FIRST_COLUMNS = ("text", "text_pair", "labels", "label", "probability", "value")
 
 
 class InvalidInput(ValueError):
@@ -69,42 +75,86 @@ def text_columns(serving) -> list[str]:
     return sorted(serving.structured_input_signature[1])
 
 
-def read_inputs(path: Path, columns: list[str]) -> dict[str, list[bytes]]:
-    """Texts of `columns` from a .txt, .csv or .jsonl file, as UTF-8 bytes."""
+def read_inputs(path: Path, columns: list[str], names: dict[str, str] | None = None) -> dict[str, list[bytes]]:
+    """Texts of the model's `columns` from a file (see the module doc), as UTF-8 bytes; `names`
+    maps a model column to the file's name for it (default: the same name)."""
+    names = {column: (names or {}).get(column, column) for column in columns}
     if path.suffix not in INPUT_SUFFIXES:
         raise InvalidInput(f"--input {path}: unknown file type {path.suffix!r}; valid: {', '.join(INPUT_SUFFIXES)}")
-    content = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # as spreadsheet programs save "UTF-8"
-    if path.suffix == ".txt":
-        if columns != ["text"]:
-            raise InvalidInput(f"--input {path}: this model reads {columns}; give a .csv or .jsonl with those columns")
-        return {"text": content.splitlines()}
-    text = content.decode("utf-8", errors="replace")
-    if path.suffix == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text, newline="")))
-        found = rows[0].keys() if rows else []
-        missing = [column for column in columns if column not in found]
-        if rows and missing:
-            raise InvalidInput(f"--input {path}: no column {missing} in the header; found {list(found)}")
+    if path.suffix == ".parquet":
+        rows = parquet_rows(path, list(names.values()))
+    else:
+        content = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # as spreadsheet programs save "UTF-8"
+        if path.suffix == ".txt":
+            if columns != ["text"]:
+                raise InvalidInput(f"--input {path}: this model reads {columns}; give a file with those columns")
+            return {"text": content.splitlines()}
+        text = content.decode("utf-8", errors="replace")
+        if path.suffix in (".csv", ".tsv"):
+            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="," if path.suffix == ".csv" else "\t"))
+            found = rows[0].keys() if rows else []
+            if rows and (missing := [name for name in names.values() if name not in found]):
+                raise InvalidInput(f"--input {path}: no column {missing} in the header; found {list(found)}{RENAME_HINT}")
+            rows = [{name: row[name] or "" for name in names.values()} for row in rows]  # a short row: empty cells
+        else:
+            rows = json_rows(path, text, list(names.values()))
+    return {column: [row[name].encode("utf-8") for row in rows] for column, name in names.items()}
+
+
+RENAME_HINT = " (--text-column / --text-pair-column name the file's columns)"
+
+
+def json_rows(path: Path, text: str, names: list[str]) -> list[dict]:
+    """The objects of a JSON lines file, or of a .json file's array, each with string `names`."""
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = list(enumerate(json.loads(text), start=1))
+        except json.JSONDecodeError as error:
+            raise InvalidInput(f"--input {path}: not JSON ({error})") from None
+        where = "item"
     else:
         rows = []
         for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InvalidInput(f"--input {path}, line {number}: not JSON ({error})") from None
-            if not isinstance(row, dict) or not all(isinstance(row.get(column), str) for column in columns):
-                raise InvalidInput(f"--input {path}, line {number}: expected an object with string keys {columns}, got {line[:80]!r}")
-            rows.append(row)
-    return {column: [(row[column] or "").encode("utf-8") for row in rows] for column in columns}
+            if line.strip():
+                try:
+                    rows.append((number, json.loads(line)))
+                except json.JSONDecodeError as error:
+                    raise InvalidInput(f"--input {path}, line {number}: not JSON ({error})") from None
+        where = "line"
+    for number, row in rows:
+        if not isinstance(row, dict) or not all(isinstance(row.get(name), str) for name in names):
+            shown = json.dumps(row, ensure_ascii=False)[:80]
+            raise InvalidInput(f"--input {path}, {where} {number}: expected an object with string keys {names}, "
+                               f"got {shown}{RENAME_HINT}")
+    return [row for _, row in rows]
 
 
-def predict(serving, inputs: dict[str, list[bytes]], batch_size: int = 32) -> list[dict]:
+def parquet_rows(path: Path, names: list[str]) -> list[dict]:
+    """The `names` columns of a Parquet file as rows (pyarrow: installed with tfbert's training side)."""
+    try:
+        import pyarrow.parquet
+    except ImportError:
+        raise InvalidInput(f"--input {path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        table = pyarrow.parquet.read_table(path)
+    except pyarrow.ArrowException as error:
+        raise InvalidInput(f"--input {path}: not a Parquet file ({error})") from None
+    if missing := [name for name in names if name not in table.column_names]:
+        raise InvalidInput(f"--input {path}: no column {missing}; found {table.column_names}{RENAME_HINT}")
+    rows = table.select(names).to_pylist()
+    for number, row in enumerate(rows, start=1):
+        if not all(isinstance(row[name], str) or row[name] is None for name in names):
+            raise InvalidInput(f"--input {path}, row {number}: expected strings in {names}, got {row}")
+    return [{name: row[name] or "" for name in names} for row in rows]
+
+
+def predict(serving, inputs: dict[str, list[bytes]], batch_size: int = 32, class_names: list[str] | None = None) -> list[dict]:
     """One prediction per row of `inputs` (column -> texts), `batch_size` rows per model call.
 
     Each prediction holds the input texts and every output of the signature for that row,
-    plus `probability`, the probability of `label`, when the model predicts labels.
+    plus `probability`, the probability of `label`, when the model predicts labels, and,
+    for a multi-label model with `class_names` (in label-id order), `labels`: the names of
+    the classes it predicts.
     """
     rows = len(next(iter(inputs.values())))
     if rows == 0:
@@ -120,6 +170,8 @@ def predict(serving, inputs: dict[str, list[bytes]], batch_size: int = 32) -> li
             prediction.update({name: json_value(value[row]) for name, value in outputs.items()})
             if "label_id" in prediction:
                 prediction["probability"] = prediction["probabilities"][prediction["label_id"]]
+            if "predicted" in prediction and class_names:
+                prediction["labels"] = [name for name, chosen in zip(class_names, prediction["predicted"]) if chosen]
             predictions.append(prediction)
     return predictions
 
@@ -158,7 +210,9 @@ def csv_row(prediction: dict, class_names: list[str] | None = None) -> dict:
     row = {}
     for name in first + [name for name in prediction if name not in first]:
         value = prediction[name]
-        if isinstance(value, list):
+        if name == "labels":
+            row[name] = ",".join(value)
+        elif isinstance(value, list):
             labels = class_names or range(len(value))
             row.update({f"{name}_{label}": item for label, item in zip(labels, value, strict=True)})
         else:
@@ -167,7 +221,10 @@ def csv_row(prediction: dict, class_names: list[str] | None = None) -> dict:
 
 
 def _summary(prediction: dict) -> str:
-    """`label<TAB>probability` for classifiers, the value for regression."""
+    """`label<TAB>probability` for classifiers, the predicted labels for multi-label (`-`:
+    none), the value for regression."""
+    if "labels" in prediction:
+        return ",".join(prediction["labels"]) or "-"
     if "label" in prediction:
         return f"{prediction['label']}\t{prediction['probability']:.4f}"
     return f"{prediction['value']:.4f}"
@@ -183,6 +240,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--output", type=Path, help=f"also write the predictions to this file ({', '.join(OUTPUT_SUFFIXES)})"
     )
+    parser.add_argument("--text-column", default="text", help="the --input file's text column (default: text)")
+    parser.add_argument(
+        "--text-pair-column", default="text_pair", help="its second text, for pair models (default: text_pair)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="texts per model call (default: 32)")
     arguments = parser.parse_intermixed_args(argv)  # texts before or after the options
     if arguments.batch_size < 1:
@@ -197,13 +258,14 @@ def main(argv: list[str]) -> None:
         serving, class_names = load_serving(arguments.export)
         columns = text_columns(serving)
         if arguments.input:
-            inputs = read_inputs(arguments.input, columns)
+            names = {"text": arguments.text_column, "text_pair": arguments.text_pair_column}
+            inputs = read_inputs(arguments.input, columns, names)
         elif columns == ["text"]:
             # fsencode gives back the exact bytes of the command line, even if they are not UTF-8.
             inputs = {"text": [os.fsencode(text) for text in arguments.texts]}
         else:
-            raise InvalidInput(f"this model reads {columns}: give them in an --input .csv or .jsonl file")
-        predictions = predict(serving, inputs, arguments.batch_size)
+            raise InvalidInput(f"this model reads {columns}: give them in an --input file with those columns")
+        predictions = predict(serving, inputs, arguments.batch_size, class_names)
     except (InvalidInput, OSError) as error:
         parser.error(str(error))
     for prediction in predictions:
