@@ -146,9 +146,19 @@ def test_a_tokenizer_the_export_cannot_reproduce_fails_before_training(snippets_
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_a_max_length_beyond_the_position_embeddings_fails_before_training(snippets_file, tmp_path):
-    cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", "task.max_length=600", f"run_dir={tmp_path}")
-    with pytest.raises(ValueError, match="task.max_length=600 is longer .* 512 position embeddings; set task.max_length to 512"):
+@pytest.mark.parametrize("override, message", [
+    ("task.max_length=600", "^task.max_length=600 is longer .* 512 position embeddings; set task.max_length to 512"),
+    ("head=last4_cls", r"^head.num_layers=4: .* reads the \[CLS\] vectors of the top 4 layers, but the encoder has 2"),
+], ids=["max_length_beyond_the_position_embeddings", "head_deeper_than_encoder"])
+def test_settings_the_encoder_refuses_fail_before_tokenizing(snippets_file, tmp_path, monkeypatch, override, message):
+    import tfbert.train
+
+    def no_tokenizing(*args):
+        raise AssertionError("the splits were tokenized before the setting was checked")
+
+    monkeypatch.setattr(tfbert.train.Preprocessor, "__call__", no_tokenizing)
+    cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", override, f"run_dir={tmp_path}")
+    with pytest.raises(ConfigError, match=message):
         run(cfg)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
 
@@ -182,18 +192,15 @@ def test_default_minilm_trains_a_few_steps(vader_cache, tmp_path):
     assert list(tmp_path.glob("export/**/saved_model.pb"))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["head=last4_cls"], r"^head.num_layers=4: .* reads the \[CLS\] vectors of the top 4 layers, but the encoder has 2"),
-    (["model.freeze=all", "trainer.monitor=val_f1_macro", "insight.validation_insights=false"],
-     r"^trainer.monitor='val_f1_macro' is not a metric this run logs"),
-], ids=["head_deeper_than_encoder", "monitor_before_feature_extraction"])
-def test_settings_the_model_decides_are_named_before_training(snippets_file, tmp_path, overrides, message, monkeypatch):
+def test_a_monitor_the_run_does_not_log_is_named_before_feature_extraction(snippets_file, tmp_path, monkeypatch):
     import tfbert.train
 
     def no_encoding(*args):
         raise AssertionError("the frozen encoder's outputs were computed before the setting was checked")
 
     monkeypatch.setattr(tfbert.train, "feature_extraction", no_encoding)
+    overrides = ["model.freeze=all", "trainer.monitor=val_f1_macro", "insight.validation_insights=false"]
+    message = r"^trainer.monitor='val_f1_macro' is not a metric this run logs"
     cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", *overrides, f"run_dir={tmp_path}")
     with pytest.raises(ConfigError, match=message):
         run(cfg)

@@ -78,6 +78,17 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
     with config_group("model", cfg.model):  # a model that is not there: named before tokenizing
         preprocessor = Preprocessor(load_tokenizer(cfg.model.name_or_path), task.max_length)
         InGraphTokenizer.check_reproducible(preprocessor.tokenizer)  # the export's, before training
+    # The model, optimizer, metrics and checkpoints are created in the strategy's scope; the
+    # model before tokenizing, so that a setting it refuses fails before any long work.
+    with strategy.scope():
+        backbone = build(cfg, "model")
+        with config_group("task", cfg.task):
+            check_max_length(task.max_length, backbone)  # not at the first long batch
+        with config_group("head", cfg.head):  # a head that reads more layers than the encoder has
+            model = build_classifier(backbone, head)
+        with config_group("export", cfg.export):
+            exporter.check(backbone, run_dir, task.name)
+
     tokenized = preprocessor(task.splits)
     for split, rows in tokenized.items():
         if truncated := preprocessor.count_truncated(rows):
@@ -91,15 +102,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
         stats["batches"], stats["shapes"], stats["padding_efficiency"],
     )
 
-    # The model, optimizer, metrics and checkpoints are created in the strategy's scope.
     with strategy.scope():
-        backbone = build(cfg, "model")
-        with config_group("task", cfg.task):
-            check_max_length(task.max_length, backbone)  # before training, not at the first long batch
-        with config_group("head", cfg.head):  # a head that reads more layers than the encoder has
-            model = build_classifier(backbone, head)
-        with config_group("export", cfg.export):
-            exporter.check(backbone, run_dir, task.name)  # before training
         optimizer = build(
             cfg, "optimizer",
             num_train_steps=trainer.optimizer_steps(stats["batches"]), num_layers=backbone.config.num_hidden_layers,
