@@ -149,8 +149,10 @@ def test_a_tokenizer_the_export_cannot_reproduce_fails_before_training(snippets_
 @pytest.mark.parametrize("override, message", [
     ("task.max_length=600", "^task.max_length=600 is longer .* 512 position embeddings; set task.max_length to 512"),
     ("head=last4_cls", r"^head.num_layers=4: .* reads the \[CLS\] vectors of the top 4 layers, but the encoder has 2"),
-], ids=["max_length_beyond_the_position_embeddings", "head_deeper_than_encoder"])
-def test_settings_the_encoder_refuses_fail_before_tokenizing(snippets_file, tmp_path, monkeypatch, override, message):
+    ("optimizer.learning_rate=abc", "^optimizer.learning_rate must be a number above 0, got 'abc'"),
+    ("optimizer.layer_decay=1.5", "^optimizer.layer_decay must be"),
+], ids=["max_length_beyond_the_position_embeddings", "head_deeper_than_encoder", "learning_rate", "layer_decay"])
+def test_settings_the_model_refuses_fail_before_tokenizing(snippets_file, tmp_path, monkeypatch, override, message):
     import tfbert.train
 
     def no_tokenizing(*args):

@@ -88,6 +88,8 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
             model = build_classifier(backbone, head)
         with config_group("export", cfg.export):
             exporter.check(backbone, run_dir, task.name)
+    # Only its settings checked: the run's optimizer is built once the batches are counted.
+    build(cfg, "optimizer", num_train_steps=1, num_layers=backbone.config.num_hidden_layers)
 
     tokenized = preprocessor(task.splits)
     for split, rows in tokenized.items():
