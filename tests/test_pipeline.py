@@ -32,6 +32,16 @@ def test_every_example_once_padded_to_its_batch(training):
     assert sorted(seen) == list(range(len(LENGTHS)))
 
 
+@pytest.mark.parametrize("pad_to_bucket_boundary", [False, True])
+@pytest.mark.parametrize("lengths", [LENGTHS, [16] * 17 + [3, 15, 64, 63, 200]], ids=["random", "at_boundaries"])
+def test_the_dataset_declares_its_number_of_batches(lengths, pad_to_bucket_boundary):
+    """Keras needs it to run several steps per call (steps_per_execution) over an evaluation split."""
+    dataset = Pipeline(batch_size=8, bucket_boundaries=[16, 32, 64], pad_to_bucket_boundary=pad_to_bucket_boundary)(
+        token_split(lengths), training=True
+    )
+    assert dataset.cardinality().numpy() == sum(1 for _ in dataset)  # assert_cardinality also fails on a wrong count
+
+
 def test_bucketing_beats_padding_each_batch_to_its_longest():
     def stats(boundaries):
         return batch_stats(Pipeline(batch_size=16, bucket_boundaries=boundaries)(token_split(LENGTHS), training=True))

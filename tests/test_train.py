@@ -36,6 +36,19 @@ def test_metrics_json(tiny_run):
     assert metrics["train_epochs"] == 3
 
 
+def test_several_steps_per_execution_through_validation_and_evaluation(snippets_file, tmp_path):
+    """trainer=gpu runs 8 steps per call: Keras' validation and evaluation passes must know how
+    many batches each split has (they failed after training before the pipeline declared it)."""
+    cfg = compose_config(
+        "model=tiny", f"task.data_file={snippets_file}", "trainer.steps_per_execution=3", "trainer.epochs=2",
+        "insight.validation_insights=false", "pipeline.batch_size=8", f"run_dir={tmp_path}",
+    )
+    metrics = run(cfg)
+    assert metrics["test"]["examples"] == 24 and metrics["validation"]["examples"] == 24
+    assert len(scalars(tmp_path / "tensorboard" / "validation", "epoch_loss")) == 2  # Keras validated each epoch
+    assert list(tmp_path.glob("export/**/saved_model.pb"))
+
+
 def test_tensorboard_logs_and_best_checkpoint_restored(tiny_run):
     run_dir, metrics = tiny_run
     train, validation = run_dir / "tensorboard" / "train", run_dir / "tensorboard" / "validation"

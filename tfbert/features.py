@@ -82,7 +82,7 @@ class EncodedSplit:
         columns = {name: self._tensor(name) for name in self.features}
         examples = tf.data.Dataset.from_tensor_slices((columns, self.labels))
         examples = examples.map(_as_heads_read, num_parallel_calls=tf.data.AUTOTUNE)
-        return pipeline.batch(examples, len(self), int(self.lengths.max(initial=0)), training)
+        return pipeline.batch(examples, self.lengths, training)
 
 
 def _as_heads_read(features: dict, label):

@@ -68,18 +68,20 @@ class Pipeline:
         examples = tf.data.Dataset.from_tensor_slices((columns, labels)).map(
             _add_attention_mask, num_parallel_calls=tf.data.AUTOTUNE
         )
-        return self.batch(examples, len(split), int(lengths.max(initial=0)), training)
+        return self.batch(examples, lengths, training)
 
-    def batch(self, examples: tf.data.Dataset, count: int, longest: int, training: bool = False) -> tf.data.Dataset:
-        """Shuffle (in training), bucket by length and pad `count` examples into batches.
+    def batch(self, examples: tf.data.Dataset, lengths: np.ndarray, training: bool = False) -> tf.data.Dataset:
+        """Shuffle (in training), bucket by length and pad the examples into batches.
 
         Each example is (features, label) whose features hold `attention_mask` (seq,);
         every feature is padded with zeros along each dimension to the batch's longest.
-        `longest` is the longest example's length.
+        `lengths` are the examples' lengths, in order: they give the number of batches,
+        which the dataset declares (Keras needs it to run several steps per call).
         """
         if training:
-            examples = examples.shuffle(count, seed=self.seed, reshuffle_each_iteration=True)
+            examples = examples.shuffle(len(lengths), seed=self.seed, reshuffle_each_iteration=True)
         boundaries = self.bucket_boundaries
+        longest = int(lengths.max(initial=0))
         if self.pad_to_bucket_boundary and longest >= boundaries[-1]:
             boundaries = boundaries + [longest + 1]  # the last bucket needs a bound too
         dataset = examples.bucket_by_sequence_length(
@@ -88,6 +90,10 @@ class Pipeline:
             bucket_batch_sizes=[self.batch_size] * (len(boundaries) + 1),
             pad_to_bucket_boundary=self.pad_to_bucket_boundary,
         )
+        # A bucket takes the lengths from its lower boundary up to (not including) its upper one,
+        # and yields its examples in full batches and, at the end, one partial batch.
+        per_bucket = np.bincount(np.searchsorted(boundaries, lengths, side="right"), minlength=len(boundaries) + 1)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(int(np.ceil(per_bucket / self.batch_size).sum())))
         options = tf.data.Options()
         # Under a multi-worker strategy each worker takes its share of every global batch
         # (the examples are in memory, so there are no files to shard by).
