@@ -42,13 +42,13 @@ def test_a_run_dir_is_checked_for_other_runs(tmp_path):
     from tfbert.run_dir import RunDirInUse, check_run_dir
 
     backup_dir = tmp_path / "backup"
-    assert check_run_dir(tmp_path, backup_dir, resume="auto") is False
+    check_run_dir(tmp_path, backup_dir, resume="auto")  # an empty dir
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "best.json").write_text("{}")
     with pytest.raises(RunDirInUse, match=f"{tmp_path} holds a finished run .*tfbert.export run_dir={tmp_path}"):
         check_run_dir(tmp_path, backup_dir, resume="auto")
     tf.train.CheckpointManager(tf.train.Checkpoint(step=tf.Variable(1)), str(backup_dir / "chief"), 1).save()
-    assert check_run_dir(tmp_path, backup_dir, resume="auto")  # the unfinished run resumes
+    check_run_dir(tmp_path, backup_dir, resume="auto")  # the unfinished run resumes
     with pytest.raises(RunDirInUse, match=f"{backup_dir} holds an unfinished run; use trainer.resume=auto"):
         check_run_dir(tmp_path, backup_dir, resume="never")
 
@@ -82,7 +82,7 @@ def test_a_crash_after_an_epoch_resumes_from_its_end(tmp_path):
                     train, tmp_path, callbacks=[CrashInEpoch2()])
     assert (tmp_path / "checkpoints" / "best.json").is_file()
     assert backup_position(tmp_path / "backup", steps_per_epoch=2) == 2  # epoch 1 done
-    assert check_run_dir(tmp_path, tmp_path / "backup", trainer.resume)  # resumable, not refused
+    check_run_dir(tmp_path, tmp_path / "backup", trainer.resume)  # resumable, not refused
 
 
 def test_a_run_resumes_only_with_the_settings_it_started_with(snippets_file, tmp_path):
@@ -107,31 +107,43 @@ def test_a_run_resumes_only_with_the_settings_it_started_with(snippets_file, tmp
 
 
 def test_hydra_refuses_a_run_dir_in_use_before_recording_the_launch(snippets_file, tmp_path):
-    """RunDirCheck runs the run-dir checks at Hydra's run start, before Hydra writes .hydra/."""
+    """RunDirCheck runs the run-dir checks at Hydra's run start, before Hydra writes .hydra/,
+    on the dir Hydra writes to, which may be named with ${hydra:...} (as the default is)."""
     import tensorflow as tf
     from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     from tests.conftest import ROOT
     from tfbert.run_dir import RunDirCheck
 
+    run_dir = tmp_path / "sentiment"
+
     def launch(*overrides):
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            config = compose("config", [f"hydra.run.dir={tmp_path}", "model=tiny", f"task.data_file={snippets_file}",
-                                        *overrides], return_hydra_config=True)
+            config = compose("config", [f"hydra.run.dir={tmp_path}/${{hydra:runtime.choices.task}}", "model=tiny",
+                                        f"task.data_file={snippets_file}", *overrides], return_hydra_config=True)
+        HydraConfig.instance().cfg = None  # as before a launch: Hydra sets it after the callback
         return RunDirCheck().on_run_start(config)
 
+    assert launch() is None  # no dir yet
+    (run_dir / "checkpoints").mkdir(parents=True)
     assert launch() is None  # an empty dir
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "best.json").write_text("{}")
-    with pytest.raises(SystemExit, match=f"tfbert: {tmp_path} holds a finished run"):
+    (run_dir / "checkpoints" / "best.json").write_text("{}")
+    with pytest.raises(SystemExit, match=f"tfbert: {run_dir} holds a finished run"):
         launch()
-    assert launch(f"run_dir={tmp_path / 'elsewhere'}") is None  # the run trains elsewhere: run() checks there
-    started = OmegaConf.create({"run_dir": str(tmp_path), "seed": 42})
-    OmegaConf.save(started, tmp_path / "config.yaml")
-    tf.train.CheckpointManager(tf.train.Checkpoint(step=tf.Variable(1)), str(tmp_path / "backup" / "chief"), 1).save()
-    with pytest.raises(SystemExit, match="holds an unfinished run with other settings: .*optimizer"):
-        launch()  # this launch's settings are not the ones the backup's run started with
+    with pytest.raises(SystemExit, match=f"tfbert: {run_dir} holds a finished run"):
+        launch(f"run_dir={tmp_path / 'elsewhere'}")  # the run would train elsewhere, but Hydra records it there
+    launch("hydra.run.dir=" + str(tmp_path / "new"))  # another dir: fine
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        started = compose("config", ["model=tiny", f"task.data_file={snippets_file}", "trainer.resume=never",
+                                     f"run_dir={tmp_path / 'where it was'}"])
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(started, resolve=True))
+    tf.train.CheckpointManager(tf.train.Checkpoint(step=tf.Variable(1)), str(run_dir / "backup" / "chief"), 1).save()
+    # resume=auto continues a run started with resume=never, in a dir that has moved since
+    assert launch() is None
+    with pytest.raises(SystemExit, match=r"holds an unfinished run with other settings: optimizer.learning_rate"):
+        launch("optimizer.learning_rate=0.01")  # not the settings the backup's run started with
     with pytest.raises(SystemExit, match="holds an unfinished run; use trainer.resume=auto"):
         launch("trainer.resume=never")
 

@@ -10,6 +10,7 @@ import copy
 import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -20,10 +21,15 @@ class RunDirInUse(FileExistsError):
     """The run_dir holds what a new run would mix with; the message says what and what to do."""
 
 
-def check_run_dir(run_dir: Path, backup_dir: Path, resume: str, cfg: DictConfig | None = None) -> bool:
-    """Whether a run in `run_dir` resumes the backup in `backup_dir`; RunDirInUse where it
-    would mix with another run: an unfinished run's backup with `resume` never, or resumed
-    by a run whose `cfg` differs from the config.yaml it started with; a finished run's best
+# Settings a resumed run may change: where the run dir is (it may have moved), and whether
+# to resume (a run started with resume=never continues with resume=auto).
+NOT_RESUMED_SETTINGS = ("run_dir", "trainer.resume")
+
+
+def check_run_dir(run_dir: Path, backup_dir: Path, resume: str, cfg: DictConfig | None = None) -> None:
+    """RunDirInUse where a run in `run_dir` would mix with another run: an unfinished run's
+    backup (in `backup_dir`) with `resume` never, or resumed by a run whose `cfg` differs from
+    the config.yaml it started with (but for NOT_RESUMED_SETTINGS); a finished run's best
     checkpoint (its best value would stand for this run's, and its weights be restored if
     no epoch beat it). Cheap: a caller can check before any work."""
     run_dir, backup_dir = Path(run_dir), Path(backup_dir)
@@ -35,21 +41,23 @@ def check_run_dir(run_dir: Path, backup_dir: Path, resume: str, cfg: DictConfig 
             )
         if cfg is not None and (run_dir / "config.yaml").is_file():
             check_resumed_settings(OmegaConf.load(run_dir / "config.yaml"), cfg, backup_dir)
-        return True
+        return
     best = run_dir / "checkpoints" / "best.json"
     if best.is_file():
         raise RunDirInUse(
             f"{run_dir} holds a finished run ({best}, and no backup to resume): choose another run dir "
             f"(hydra.run.dir=...) to train; `python -m tfbert.export run_dir={run_dir}` exports that run again"
         )
-    return False
 
 
 def check_resumed_settings(started: DictConfig, now: DictConfig, backup_dir: Path) -> None:
-    """RunDirInUse unless a run resuming from `backup_dir` has the settings it `started` with:
-    a backup holds the model, optimizer and data position those settings made."""
+    """RunDirInUse unless a run resuming from `backup_dir` has the settings it `started` with
+    (NOT_RESUMED_SETTINGS aside): a backup holds the model, optimizer and data position those
+    settings made."""
 
     def differences(before, after, key=""):
+        if key in NOT_RESUMED_SETTINGS:
+            return []
         if isinstance(before, dict) and isinstance(after, dict):
             return [line for name in sorted(before.keys() | after.keys())
                     for line in differences(before.get(name), after.get(name), f"{key}.{name}".lstrip("."))]
@@ -64,20 +72,22 @@ def check_resumed_settings(started: DictConfig, now: DictConfig, backup_dir: Pat
 
 
 class RunDirCheck(Callback):
-    """Hydra callback (conf/config.yaml `hydra.callbacks`): check_run_dir before Hydra writes
-    the launch's record (.hydra/: config and overrides, which tfbert.compare reads) into the
-    run dir, so a refused run leaves the run there as it was. For single runs (`hydra.run.dir`);
-    a sweep's jobs start in new dirs."""
+    """Hydra callback (conf/config.yaml `hydra.callbacks`): check_run_dir on `hydra.run.dir`
+    before Hydra writes the launch's record there (.hydra/: config and overrides, which
+    tfbert.compare reads), so a refused run leaves the run in that dir as it was. Single runs
+    only: in a sweep Hydra records each job before run() can check its dir."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        if not OmegaConf.is_interpolation(config, "run_dir"):
-            return  # run_dir=... names another dir than Hydra's: run() checks that one
+        HydraConfig.instance().set_config(config)  # as Hydra does next: hydra.run.dir may use ${hydra:...}
+        hydra_dir = os.path.abspath(config.hydra.run.dir)  # what hydra:runtime.output_dir becomes
+        if not Path(hydra_dir).is_dir():
+            return  # a new dir holds no run
         cfg = copy.deepcopy(config)
         with open_dict(cfg):
             del cfg["hydra"]
-            cfg.run_dir = os.path.abspath(config.hydra.run.dir)  # what hydra:runtime.output_dir becomes
-        run_dir = Path(cfg.run_dir)
+            if OmegaConf.is_interpolation(config, "run_dir"):  # the default: the run's dir is Hydra's
+                cfg.run_dir = hydra_dir
         try:
-            check_run_dir(run_dir, run_dir / "backup", cfg.trainer.get("resume"), cfg)
+            check_run_dir(Path(hydra_dir), Path(hydra_dir) / "backup", cfg.trainer.get("resume"), cfg)
         except RunDirInUse as error:
             raise SystemExit(f"tfbert: {error}") from None
