@@ -84,6 +84,22 @@ def test_a_text_column_of_another_name(suffix, export_dir, serving, capsys, tmp_
     assert "--text-column / --text-pair-column name the file's columns" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, content", [
+    ("gaps.jsonl", '{"text": "a wonderful film"}\n{"text": null}\n'),
+    ("gaps.csv", "id,text\n1,a wonderful film\n2,\n"),
+    ("gaps.tsv", 'id\ttext\n1\t"a ""wonderful"" film"\n2\t\n'),
+])
+def test_a_missing_text_is_an_empty_one(name, content, export_dir, serving, capsys, tmp_path):
+    source = tmp_path / name
+    source.write_text(content)
+    run_cli(capsys, export_dir, "--input", source, "--output", tmp_path / "out.jsonl")
+    predictions = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    texts = [prediction["text"] for prediction in predictions]
+    assert texts == ['a "wonderful" film' if name.endswith(".tsv") else "a wonderful film", ""]
+    expected = serving(text=tf.constant(texts))["probabilities"].numpy()
+    np.testing.assert_allclose([prediction["probabilities"] for prediction in predictions], expected, atol=1e-6)
+
+
 def test_csv_output_has_a_column_per_class(export_dir, capsys, tmp_path):
     texts = ["a wonderful film", "dull, tedious"]
     run_cli(capsys, export_dir, *texts, "--output", tmp_path / "predictions.jsonl")
@@ -141,7 +157,7 @@ def test_unusable_output_fails_before_predicting(output, message, tmp_path, caps
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "no_export"), "fine", "--output", str(tmp_path / output)])
     assert exit_info.value.code == 2
-    assert re.search(message, capsys.readouterr().err)
+    assert re.search(message, capsys.readouterr().err.strip())
     assert not list(tmp_path.rglob("predictions.*"))
 
 
@@ -190,13 +206,16 @@ def test_batches_do_not_change_predictions(serving):
         ("", ".txt", "no texts to classify"),
         ("id,review\n1,great\n", ".csv", r"no column \['text'\] in the header; found \['id', 'review'\]"),
         ('{"text": "fine"}\nnot json\n', ".jsonl", "line 2: not JSON"),
-        ('{"text": 3}\n', ".jsonl", "line 1: expected an object with string keys"),
-        ('[{"text": "fine"}, "not an object"]', ".json", "item 2: expected an object with string keys"),
+        ('{"text": 3}\n', ".jsonl", r"line 1: expected an object with string \(or null\) keys \['text'\], got {\"text\": 3}$"),
+        ('{"text": "fine"}\n{"review": "fine"}\n', ".jsonl", r"line 2: no key \['text'\]; found \['review'\] \(--text-column"),
+        ('[{"text": "fine"}, "not an object"]', ".json", "item 2: expected an object with string"),
+        ('id,text\n1,fine\n2,"never closed\n3,swallowed\n', ".csv", "line 3: a quoted field is never closed"),
         ('[{"text": "fine"},', ".json", "not JSON"),
         ("not parquet", ".parquet", "not a Parquet file"),
         ("great\n", ".xml", "unknown file type '.xml'; valid: .txt, .csv, .tsv, .jsonl, .json, .parquet"),
     ],
-    ids=["no_arguments", "empty_file", "csv_without_text", "jsonl_not_json", "jsonl_number", "json_array_item",
+    ids=["no_arguments", "empty_file", "csv_without_text", "jsonl_not_json", "jsonl_number", "jsonl_no_key", "json_array_item",
+         "csv_unclosed_quote",
          "json_array_cut", "not_parquet", "unknown_suffix"],
 )
 def test_unusable_input_is_a_clear_error(content, suffix, message, export_dir, tmp_path, capsys):
@@ -208,7 +227,7 @@ def test_unusable_input_is_a_clear_error(content, suffix, message, export_dir, t
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    assert re.search(message, capsys.readouterr().err)
+    assert re.search(message, capsys.readouterr().err.strip())
 
 
 def test_find_saved_model_takes_the_highest_version(export_dir, tmp_path):

@@ -11,16 +11,17 @@ versions (`.../sentiment`: the highest is used). Inputs, as task=files reads the
     .jsonl, .json   one object per line, or (.json) an array of objects, with a `text` key
                     (and `text_pair`)
     .parquet        a table with a `text` column (and `text_pair`); needs pyarrow
---text-column and --text-pair-column name other columns (as task.text_column does).
+--text-column and --text-pair-column name other columns (as task.text_column does); an
+empty cell or a null is an empty text.
 Prints `label<TAB>probability<TAB>text` per text (`value<TAB>text` for regression; for
 multi-label, the labels at or above the threshold, comma-separated, `-` for none);
 --output also writes, for each text, its input texts, every output of the signature
 (label, label_id, probabilities, logits, predicted, ...), `probability`, that of label,
-and for multi-label `labels`, the names of the predicted classes:
+and for multi-label `labels`, the names of the predicted classes (comma-separated in a
+.csv cell; the `predicted_<class>` columns give them exactly):
     .jsonl  one JSON object per line
     .csv    one row per text; a per-class output takes a column per class, named
-            `<output>_<class>` (`probabilities_negative`, `probabilities_positive`, ...);
-            `labels` is one comma-separated cell
+            `<output>_<class>` (`probabilities_negative`, `probabilities_positive`, ...)
 Any string gets a prediction: empty or whitespace-only texts are classified from
 [CLS] [SEP] alone, bytes that are not UTF-8 are dropped, long texts are truncated.
 """
@@ -91,7 +92,11 @@ def read_inputs(path: Path, columns: list[str], names: dict[str, str] | None = N
             return {"text": content.splitlines()}
         text = content.decode("utf-8", errors="replace")
         if path.suffix in (".csv", ".tsv"):
-            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="," if path.suffix == ".csv" else "\t"))
+            delimiter = "," if path.suffix == ".csv" else "\t"
+            if (line := unclosed_quote(text, delimiter)) is not None:
+                raise InvalidInput(f"--input {path}, line {line}: a quoted field is never closed (it would take in "
+                                   "every row after it)")
+            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
             found = rows[0].keys() if rows else []
             if rows and (missing := [name for name in names.values() if name not in found]):
                 raise InvalidInput(f"--input {path}: no column {missing} in the header; found {list(found)}{RENAME_HINT}")
@@ -102,6 +107,23 @@ def read_inputs(path: Path, columns: list[str], names: dict[str, str] | None = N
 
 
 RENAME_HINT = " (--text-column / --text-pair-column name the file's columns)"
+
+
+def unclosed_quote(text: str, delimiter: str) -> int | None:
+    """The line where a quoted field starts that the end of `text` cuts off, or None. (The csv
+    module reads such a field to the end of the file, taking in the rows after it.)"""
+    lines = io.StringIO(text, newline="").readlines()
+    reader = csv.reader(lines, delimiter=delimiter)
+    starts = [0]
+    for _ in reader:
+        starts.append(reader.line_num)
+    last = lines[starts[-2]:] if len(starts) > 1 else []
+    try:
+        list(csv.reader(last, delimiter=delimiter, strict=True))
+    except csv.Error as error:
+        if "unexpected end of data" in str(error):
+            return starts[-2] + 1
+    return None
 
 
 def json_rows(path: Path, text: str, names: list[str]) -> list[dict]:
@@ -122,11 +144,13 @@ def json_rows(path: Path, text: str, names: list[str]) -> list[dict]:
                     raise InvalidInput(f"--input {path}, line {number}: not JSON ({error})") from None
         where = "line"
     for number, row in rows:
-        if not isinstance(row, dict) or not all(isinstance(row.get(name), str) for name in names):
+        if isinstance(row, dict) and (missing := [name for name in names if name not in row]):
+            raise InvalidInput(f"--input {path}, {where} {number}: no key {missing}; found {list(row)}{RENAME_HINT}")
+        if not isinstance(row, dict) or not all(isinstance(row[name], str | None) for name in names):
             shown = json.dumps(row, ensure_ascii=False)[:80]
-            raise InvalidInput(f"--input {path}, {where} {number}: expected an object with string keys {names}, "
-                               f"got {shown}{RENAME_HINT}")
-    return [row for _, row in rows]
+            raise InvalidInput(f"--input {path}, {where} {number}: expected an object with string (or null) "
+                               f"keys {names}, got {shown}")
+    return [{name: row[name] or "" for name in names} for _, row in rows]  # null: an empty text, as an empty cell
 
 
 def parquet_rows(path: Path, names: list[str]) -> list[dict]:
@@ -153,8 +177,8 @@ def predict(serving, inputs: dict[str, list[bytes]], batch_size: int = 32, class
 
     Each prediction holds the input texts and every output of the signature for that row,
     plus `probability`, the probability of `label`, when the model predicts labels, and,
-    for a multi-label model with `class_names` (in label-id order), `labels`: the names of
-    the classes it predicts.
+    for a multi-label model, `labels`: the classes it predicts, named by `class_names` (in
+    label-id order; without them, by their label ids).
     """
     rows = len(next(iter(inputs.values())))
     if rows == 0:
@@ -170,8 +194,9 @@ def predict(serving, inputs: dict[str, list[bytes]], batch_size: int = 32, class
             prediction.update({name: json_value(value[row]) for name, value in outputs.items()})
             if "label_id" in prediction:
                 prediction["probability"] = prediction["probabilities"][prediction["label_id"]]
-            if "predicted" in prediction and class_names:
-                prediction["labels"] = [name for name, chosen in zip(class_names, prediction["predicted"]) if chosen]
+            if "predicted" in prediction:
+                names = class_names or [str(label_id) for label_id in range(len(prediction["predicted"]))]
+                prediction["labels"] = [name for name, chosen in zip(names, prediction["predicted"]) if chosen]
             predictions.append(prediction)
     return predictions
 
