@@ -189,6 +189,12 @@ def test_a_bad_max_length_is_named(tmp_path, max_length):
         load_files(str(write_csv(tmp_path / "train.csv", topic_rows())), max_length=max_length)
 
 
+@pytest.mark.parametrize("split_seed", [-1, 2.5, "x"])
+def test_a_bad_split_seed_is_named(tmp_path, split_seed):
+    with pytest.raises(ValueError, match=f"split_seed must be a whole number from 0 to 4294967295, got {split_seed!r}"):
+        load_files(str(write_csv(tmp_path / "train.csv", topic_rows())), split_seed=split_seed)
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

@@ -179,12 +179,13 @@ def test_settings_the_model_refuses_fail_before_tokenizing(snippets_file, tmp_pa
 
 
 @pytest.mark.parametrize("override, key, value", [("seed=abc", "seed", "'abc'"), ("seed=-1", "seed", "-1"),
-                                                  ("pipeline.seed=2.5", "pipeline.seed", "2.5")])
+                                                  ("pipeline.seed=2.5", "pipeline.seed", "2.5"),
+                                                  ("task.split_seed=x", "task.split_seed", "'x'")])
 def test_a_bad_seed_is_named_before_anything_runs(snippets_file, tmp_path, override, key, value):
     cfg = compose_config("model=tiny", f"task.data_file={snippets_file}", override, f"run_dir={tmp_path}")
     with pytest.raises(ConfigError, match=f"^{key} must be a whole number from 0 to 4294967295, got {value}$"):
         run(cfg)
-    assert not tmp_path.joinpath("config.yaml").exists()
+    assert not tmp_path.joinpath("checkpoints").exists()
 
 
 def test_a_fractional_batch_size_is_named_before_the_replicas_are_counted(snippets_file, tmp_path):

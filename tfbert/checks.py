@@ -26,6 +26,18 @@ def check_flags(**flags) -> None:
             raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
+# The largest seed every generator a run seeds takes (NumPy's: below 2**32).
+SEED_LIMIT = 2**32 - 1
+
+
+def check_seed(**seeds) -> None:
+    """ValueError naming the first of `seeds` (name=value) that is not a whole number from 0
+    to SEED_LIMIT."""
+    for name, value in seeds.items():
+        if not is_whole_number(value, 0, SEED_LIMIT):
+            raise ValueError(f"{name} must be a whole number from 0 to {SEED_LIMIT}, got {value!r}")
+
+
 class ConfigError(ValueError):
     """A config value that cannot work, named by its key (`head.dropout must be ...`);
     train.py shows it as a one-line error, without a traceback."""

@@ -9,12 +9,8 @@ import datasets
 import numpy as np
 import tensorflow as tf
 
-from tfbert.checks import check_flags, is_whole_number
+from tfbert.checks import check_flags, check_seed, is_whole_number
 from tfbert.tasks.task_data import column
-
-# The largest seed every generator a run seeds takes (NumPy's: below 2**32).
-SEED_LIMIT = 2**32 - 1
-
 
 class Pipeline:
     """Builds the batched tf.data.Dataset of one split.
@@ -41,8 +37,7 @@ class Pipeline:
         boundaries = list(bucket_boundaries)  # a Hydra ListConfig too
         if not all(is_whole_number(boundary, 1) for boundary in boundaries) or boundaries != sorted(set(boundaries)):
             raise ValueError(f"bucket_boundaries must be increasing whole numbers above 0, got {boundaries}")
-        if not is_whole_number(seed, 0, SEED_LIMIT):
-            raise ValueError(f"seed must be a whole number from 0 to {SEED_LIMIT}, got {seed!r}")
+        check_seed(seed=seed)
         check_flags(pad_to_bucket_boundary=pad_to_bucket_boundary)
         self.batch_size = batch_size
         self.bucket_boundaries = boundaries

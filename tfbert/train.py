@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tfbert.backbone import check_max_length
 from tfbert.callbacks import flat_hparams
-from tfbert.checks import ConfigError, config_group, is_whole_number
+from tfbert.checks import ConfigError, check_seed, config_group
 from tfbert.checkpoints import write_json
 from tfbert.classifier import build_classifier
 from tfbert.distribute import build_strategy, check_global_batch, worker_dir
@@ -19,7 +19,7 @@ from tfbert.evaluation import evaluate
 from tfbert.objectives import loss_and_metrics
 from tfbert.export import export_classifier, float32_classifier
 from tfbert.features import feature_extraction
-from tfbert.pipeline import SEED_LIMIT, batch_stats
+from tfbert.pipeline import batch_stats
 from tfbert.preprocessing import InGraphTokenizer, Preprocessor, load_tokenizer
 from tfbert.report import run_summary
 from tfbert.run_dir import check_run_dir
@@ -34,8 +34,10 @@ def run(cfg: DictConfig) -> dict:
     With trainer.strategy=multi_worker every worker runs this; only the chief keeps its
     outputs in cfg.run_dir, the others' go to temporary dirs (see tfbert.distribute).
     """
-    if not is_whole_number(cfg.seed, 0, SEED_LIMIT):
-        raise ConfigError(f"seed must be a whole number from 0 to {SEED_LIMIT}, got {cfg.seed!r}")
+    try:
+        check_seed(seed=cfg.seed)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     trainer = build(cfg, "trainer")  # first: it may switch on op determinism
     pipeline = build(cfg, "pipeline")  # a bad batch size is named before anything else
     # Before any other TensorFlow work: multi_worker configures the TensorFlow runtime.

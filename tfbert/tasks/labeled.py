@@ -12,6 +12,7 @@ from numbers import Integral, Real
 import datasets
 import numpy as np
 
+from tfbert.checks import check_seed
 from tfbert.tasks.task_data import (
     SPLITS,
     PROBLEM_TYPES,
@@ -57,6 +58,7 @@ def build_task(
     """
     if not name or "/" in name or name.startswith("."):
         raise InvalidTaskData(f"a task's name names its export directory: a plain directory name, got {name!r}")
+    check_seed(split_seed=split_seed)
     if on_invalid not in ON_INVALID:
         raise InvalidTaskData(f"on_invalid must be one of {list(ON_INVALID)}, got {on_invalid!r}")
     if problem_type not in PROBLEM_TYPES:  # before the labels are read the way it says

@@ -19,6 +19,7 @@ from pathlib import Path
 import datasets
 import platformdirs
 
+from tfbert.checks import check_seed
 from tfbert.tasks.task_data import (
     InvalidTaskData,
     TaskData,
@@ -63,6 +64,7 @@ def load_sentiment(
         problem_type: `single_label` (negative/positive: the sign of the mean valence,
             zeros dropped) or `regression` (the mean valence itself, all sentences).
     """
+    check_seed(split_seed=split_seed)
     if problem_type not in ("single_label", "regression"):  # before any download
         raise InvalidTaskData(
             "task=sentiment's problem_type must be single_label (negative/positive) or regression "
