@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import re
 import sys
 
 import numpy as np
@@ -95,16 +96,24 @@ def test_projector_has_labelled_pooled_features(insight_run):
     assert features.shape == (10, 32)  # (examples, hidden): the mean head pools hidden states
 
 
-def test_progress_line_per_epoch(snippets_file, tmp_path, caplog, capsys):
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_line_per_epoch(snippets_file, tmp_path, caplog, capsys, progress):
     cfg = compose_config(
         "model=tiny", f"task.data_file={snippets_file}", "trainer.epochs=1", "insight.validation_insights=false",
-        "insight.hparams_dashboard=false", "task.max_train_samples=32", f"run_dir={tmp_path}",
+        "insight.hparams_dashboard=false", f"insight.progress={progress}", "task.max_train_samples=32",
+        f"run_dir={tmp_path}",
     )
     with caplog.at_level(logging.INFO):
         run(cfg)
-    (line,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("epoch ")]
-    assert "epoch 1/1" in line and "val_accuracy" in line and line.endswith("about 0s left")
-    assert "Epoch 1/1" not in capsys.readouterr().out  # Keras' own epoch output is off: one line per epoch
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("epoch ")]
+    # Keras' verbose=2 line: `7/7 - 3s - loss: 0.6930 - accuracy: 0.5000 - val_loss: ...`
+    keras_lines = [line for line in capsys.readouterr().out.splitlines() if re.match(r"\d+/\d+ - .* - loss: ", line)]
+    if progress:  # tfbert's line, and Keras' own epoch output off: one line per epoch
+        (line,) = lines
+        assert "epoch 1/1" in line and "val_accuracy" in line and line.endswith("about 0s left")
+        assert not keras_lines
+    else:  # Keras' own output instead (without a terminal: a line per epoch)
+        assert not lines and keras_lines
     summary = next(record.getMessage() for record in caplog.records if record.getMessage().startswith("results"))
     assert "accuracy" in summary and str(tmp_path / "metrics.json") in summary
     assert not (tmp_path / "tensorboard" / "validation_insights").exists()
@@ -123,10 +132,24 @@ def test_progress_bar_in_a_terminal_clears_before_the_epoch_line(monkeypatch, ca
     with caplog.at_level(logging.INFO):
         model.fit(np.ones((12, 2)), np.ones(12), batch_size=4, epochs=2, verbose=0, callbacks=[ProgressLogger()])
     drawn = terminal.getvalue()
-    assert "epoch 1/2:" in drawn and "epoch 2/2:" in drawn and "0/3 " in drawn  # a bar over each epoch's 3 steps
+    assert "epoch 1/2:" in drawn and "epoch 2/2:" in drawn and "1/3 " in drawn  # a bar over each epoch's 3 steps
     assert drawn.endswith("\r") and drawn.rsplit("\r", 2)[-2].strip() == ""  # the last bar was blanked
     lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("epoch ")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+
+
+def test_a_resumed_epoch_bar_counts_its_rate_from_where_it_resumed(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    progress = ProgressLogger()
+    progress.set_params({"epochs": 2, "steps": 10})
+    progress.on_train_begin()
+    progress.on_epoch_begin(1)
+    progress.on_train_batch_end(6)  # Keras resumed the epoch at step 6 (0-based): 7 steps are done
+    assert (progress.bar.n, progress.bar.initial, progress.bar.total) == (7, 7, 10)  # the rate counts from 7
+    progress.on_train_batch_end(7)
+    assert progress.bar.n == 8
+    progress.on_train_end()
+    assert progress.bar is None
 
 
 def test_no_bar_without_a_terminal(monkeypatch):

@@ -74,14 +74,18 @@ class ProgressLogger(tf_keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.perf_counter()
-        # disable=None: a bar only on a terminal; a log file gets the epoch line alone.
-        self.bar = tqdm(
-            total=self.params["steps"], desc=f"epoch {epoch + 1}/{self.params['epochs']}",
-            unit="step", leave=False, disable=None, dynamic_ncols=True,
-        )
+        self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         # batch: the step's index in the epoch (under steps_per_execution, the last one run)
+        if self.bar is None:
+            # Started at the first call, from the steps done by then: a resumed epoch's skipped
+            # steps (and the first call's tracing) do not count towards the rate and time left.
+            # disable=None: a bar only on a terminal; a log file gets the epoch line alone.
+            self.bar = tqdm(
+                total=self.params["steps"], initial=batch + 1, desc=f"epoch {self.epoch + 1}/{self.params['epochs']}",
+                unit="step", leave=False, disable=None, dynamic_ncols=True,
+            )
         self.bar.update(batch + 1 - self.bar.n)
         if logs and "loss" in logs:
             self.bar.set_postfix_str(f"loss {logs['loss']:.4f}", refresh=False)
