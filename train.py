@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> float:
     except (ConfigError, RunDirInUse) as error:  # the message says what to change: no traceback needed
         raise SystemExit(f"tfbert: {error}") from None
     except KeyboardInterrupt:  # Ctrl-C outside training (which saves a backup and stops itself)
-        raise SystemExit("tfbert: interrupted") from None
+        raise SystemExit("tfbert: interrupted; the same command continues the run") from None
 
 
 if __name__ == "__main__":

@@ -190,6 +190,29 @@ def signal_in_last_validation(space: Workspace) -> dict:
                observed, "none" if same else "training or metrics")
 
 
+def killed_while_exporting(space: Workspace) -> dict:
+    """SIGKILL after training, while the run exports: its backup (the finished training) is
+    still there, so the rerun trains nothing, evaluates and exports."""
+    run_dir = space.run_dir("export_killed")
+    process = start(space.data_file, run_dir)
+    for line in process.stdout:
+        if "exporting the SavedModel" in line:
+            time.sleep(1)  # into the export
+            process.kill()
+            break
+    process.communicate(timeout=120)
+    killed = "killed while exporting" if process.returncode == -signal.SIGKILL else f"exit {process.returncode}"
+    code, output = finish(space.data_file, run_dir)
+    resumed = "no training left" if "training had finished when the run stopped" in output else "trained again"
+    exported = [path.parent.name for path in (run_dir / "export").glob("*/*/saved_model.pb")]
+    leftovers = [path.name for path in (run_dir / "export").glob("*/.*")] + [name for name in ("backup",) if (run_dir / name).exists()]
+    same = code == 0 and metrics(run_dir) == space.reference and exported == ["1"] and not leftovers
+    observed = f"{killed}; {resumed}; metrics {'identical' if same else 'differ'}, exported {exported}, left over {leftovers}"
+    return row("SIGKILL while exporting, rerun",
+               "killed while exporting; no training left; metrics identical, exported ['1'], left over []",
+               observed, "none" if same else "metrics or export")
+
+
 def corrupt_backup(space: Workspace) -> dict:
     """A backup whose data file is damaged is refused, naming it, and left in place."""
     run_dir = space.run_dir("corrupt")
@@ -299,6 +322,7 @@ SCENARIOS = [
     lambda space: interrupted_then_resumed(space, signal.SIGTERM, "sigterm"),
     lambda space: interrupted_then_resumed(space, signal.SIGINT, "sigint"),  # Ctrl-C
     signal_in_last_validation,
+    killed_while_exporting,
     nan_loss,
     corrupt_backup,
     finished_run_dir_reused,

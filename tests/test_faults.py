@@ -12,7 +12,7 @@ def space(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "scenario", faults.SCENARIOS,
-    ids=["sigkill_resume", "sigterm_resume", "sigint_resume", "last_validation_sigterm", "nan_loss", "corrupt_backup", "finished_run_reused",
+    ids=["sigkill_resume", "sigterm_resume", "sigint_resume", "last_validation_sigterm", "export_sigkill", "nan_loss", "corrupt_backup", "finished_run_reused",
          "interrupted_best_write", "full_disk", "unwritable_run_dir"],
 )
 def test_scenario(scenario, space):

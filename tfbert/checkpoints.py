@@ -5,13 +5,15 @@ best:    checkpoints/best-<epoch>.* plus checkpoints/best.json pointing at them.
          it, so a crash at any point leaves the previous best readable.
 backup:  backup/ (tf_keras BackupAndRestore): model, optimizer (and so the learning-
          rate schedule position), epoch and step, every `save_freq` steps, at each epoch's
-         end and on SIGTERM or Ctrl-C; never written from a non-finite loss; removed when
-         training ends.
+         end and on SIGTERM or Ctrl-C; never written from a non-finite loss; kept after
+         training, until the run's outputs are written (remove_backup): a run stopped while
+         it evaluates or exports resumes with its training done.
 """
 
 import json
 import logging
 import math
+import shutil
 import signal
 from pathlib import Path
 
@@ -113,12 +115,12 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
     signal name).
 
     Args:
-        backup_dir: where the backup lives (removed once training finishes).
+        backup_dir: where the backup lives (kept after training: see remove_backup).
         save_freq: back up every this many steps.
     """
 
     def __init__(self, backup_dir: Path, save_freq: int):
-        super().__init__(str(backup_dir), save_freq=save_freq, delete_checkpoint=True)
+        super().__init__(str(backup_dir), save_freq=save_freq, delete_checkpoint=False)
         # Keras leaves OneDeviceStrategy (trainer.strategy=one_device) off its list, though
         # a backup of one device's variables is the plain case.
         self._supported_strategies += (tf.distribute.OneDeviceStrategy,)
@@ -165,14 +167,13 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
             # The signal came after the last step, in the last validation pass: a backup of the
             # finished training lets a rerun go straight to evaluation and export.
             self._preempt(self._last_batch)
-        if self.preempted_at is not None or not self._finite:
-            self.delete_checkpoint = False  # keep the last good backup to resume from
         super().on_train_end(logs)
-        if self.delete_checkpoint:  # Keras removes this process's backup; the dir goes once empty
-            try:
-                Path(self.backup_dir).rmdir()
-            except OSError:
-                pass  # another worker's backup is still there, or there was none
+
+
+def remove_backup(backup_dir: Path) -> None:
+    """Remove a run's backup once its outputs are written: from then on, its best.json
+    without a backup marks the run as finished."""
+    shutil.rmtree(backup_dir, ignore_errors=True)
 
 
 def latest_backup(backup_dir: Path) -> str | None:

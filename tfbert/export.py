@@ -191,6 +191,8 @@ class Exporter:
         directory = self.version_dir(run_dir, card.task)
         model_dir = directory.parent
         model_dir.mkdir(parents=True, exist_ok=True)
+        for stale in model_dir.glob(f".{directory.name}-*"):  # an attempt at this version killed midway
+            shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=model_dir))
         try:
             tf.saved_model.save(module, str(staging), signatures=module.signatures())

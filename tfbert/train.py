@@ -12,9 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 from tfbert.backbone import check_max_length
 from tfbert.callbacks import flat_hparams
 from tfbert.checks import ConfigError, check_seed, config_group
-from tfbert.checkpoints import write_json
+from tfbert.checkpoints import remove_backup, write_json
 from tfbert.classifier import build_classifier
-from tfbert.distribute import build_strategy, check_global_batch, worker_dir
+from tfbert.distribute import build_strategy, check_global_batch, is_chief, worker_dir
 from tfbert.evaluation import evaluate
 from tfbert.objectives import loss_and_metrics
 from tfbert.export import export_classifier, float32_classifier
@@ -158,5 +158,7 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
         for layer, trained_layer in zip(model.layers, trained.layers):  # not the model's gradient accumulators
             layer.set_weights(trained_layer.get_weights())
     export = export_classifier(model, task, cfg.model.name_or_path, run_dir, exporter, metrics)
+    if is_chief(strategy):  # the run is done: its backup goes (on the chief, which keeps the outputs)
+        remove_backup(backup_dir)
     log.info("%s", run_summary(metrics, run_dir, export))
     return metrics

@@ -228,7 +228,8 @@ class Trainer:
         is what the best checkpoint keeps and gets back, when `model` trains only part of
         it (tfbert.features: the head model of a classifier). Raises Preempted after saving a
         backup on SIGTERM or Ctrl-C, and NonFiniteLoss when the loss becomes NaN/inf (no
-        checkpoint is written from it).
+        checkpoint is written from it). The backup stays after training: the caller removes it
+        (checkpoints.remove_backup) once the run's outputs are written.
         """
         run_dir = Path(run_dir)
         backup_dir = Path(backup_dir or run_dir / "backup")
