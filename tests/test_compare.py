@@ -80,6 +80,25 @@ def test_a_regression_sweep_compares_correlations(tmp_path):
     assert paths["png"].read_bytes().startswith(b"\x89PNG")
 
 
+def test_a_sweep_over_problem_types_keeps_each_types_metrics(tmp_path):
+    """Classification and regression runs side by side: each group fills the columns its
+    metrics have, the others are blank ("–" in the table, empty in the CSV)."""
+    fake_run(tmp_path, 0, ["task=sentiment", "seed=1"], fake_metrics(0.8, seconds=10.0))
+    regression = {"mse": 1.0, "mae": 0.8, "pearson": 0.6, "spearman": 0.5}
+    fake_run(tmp_path, 1, ["task=sentiment_valence", "seed=1"], {"validation": regression, "test": regression, "train_seconds": 5.0})
+    paths = compare(tmp_path)
+    table = paths["md"].read_text().splitlines()
+    assert "test accuracy" in table[0] and "test Pearson r" in table[0]
+    columns = table[0].strip("| ").split(" | ")
+    sentiment, valence = (dict(zip(columns, line.strip("| ").split(" | "))) for line in table[2:4])
+    assert sentiment["test accuracy"] == "0.8000" and sentiment["test Pearson r"] == "–"
+    assert valence["test accuracy"] == "–" and valence["test Pearson r"] == "0.6000"
+    with paths["csv"].open(newline="") as file:
+        rows = {row["task"]: row for row in csv.DictReader(file)}
+    assert rows["sentiment_valence"]["test accuracy mean"] == "" and rows["sentiment"]["test accuracy mean"] == "0.8"
+    assert paths["png"].read_bytes().startswith(b"\x89PNG")
+
+
 def test_group_by_another_override_and_single_runs(multirun_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     paths = compare(multirun_dir, by=["head", "seed"], out_dir=out)

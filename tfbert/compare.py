@@ -14,6 +14,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -105,19 +106,23 @@ def varying_overrides(runs: list[Run]) -> list[str]:
 def summarize(runs: list[Run], by: list[str]) -> list[dict]:
     """One row per group of runs: the `by` values, the run count, and (mean, std) per column.
 
-    std is the sample standard deviation, None for a group of one run; a column is left
-    out where a run lacks its value (e.g. train_seconds from before it was recorded).
+    std is the sample standard deviation, None for a group of one run. A column is left out
+    where no run has its value; a group where some run lacks it (a regression task among
+    classifiers: no accuracy; train_seconds from before it was recorded) gets None for it.
     """
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         groups.setdefault(tuple(run.overrides.get(key, "") for key in by), []).append(run)
-    columns = [(name, path) for name, path in COLUMNS if all(lookup(run.metrics, path) is not None for run in runs)]
+    columns = [(name, path) for name, path in COLUMNS if any(lookup(run.metrics, path) is not None for run in runs)]
     rows = []
     for values, members in groups.items():
         row = {**dict(zip(by, values)), "runs": len(members)}
         for name, path in columns:
             scores = [lookup(run.metrics, path) for run in members]
-            row[name] = (statistics.mean(scores), statistics.stdev(scores) if len(scores) > 1 else None)
+            if None in scores:
+                row[name] = None
+            else:
+                row[name] = (statistics.mean(scores), statistics.stdev(scores) if len(scores) > 1 else None)
         rows.append(row)
     return rows
 
@@ -136,7 +141,8 @@ def markdown_table(rows: list[dict], by: list[str]) -> str:
     names = list(rows[0])
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     for row in rows:
-        cells = [str(row[name]) if name in by or name == "runs" else mean_std(*row[name], name) for name in names]
+        cells = [str(row[name]) if name in by or name == "runs" else mean_std(*row[name], name) if row[name] else "–"
+                 for name in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -154,7 +160,7 @@ def write_csv(rows: list[dict], by: list[str], path: Path) -> None:
         writer = csv.writer(file)
         writer.writerow([*by, "runs", *(f"{name} {stat}" for name in scored for stat in ("mean", "std"))])
         for row in rows:
-            stats = [value for name in scored for value in row[name]]
+            stats = [value for name in scored for value in (row[name] or (None, None))]
             writer.writerow([*(row[key] for key in by), row["runs"], *("" if value is None else value for value in stats)])
 
 
@@ -162,8 +168,9 @@ def write_chart(rows: list[dict], by: list[str], path: Path) -> None:
     """Bars of the charted test metrics (and training time) per group, ±std error bars."""
     labels = [",".join(str(row[key]) for key in by) for row in rows]
 
-    def series(name):
-        return [row[name][0] for row in rows], [row[name][1] or 0.0 for row in rows]
+    def series(name):  # a group without the column: no bar (NaN)
+        stats = [row[name] or (math.nan, None) for row in rows]
+        return [mean for mean, _ in stats], [std or 0.0 for _, std in stats]
 
     metrics = {name: series(name) for name in CHARTED if name in rows[0]}
     time = series("training seconds") if "training seconds" in rows[0] else None
