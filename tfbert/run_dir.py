@@ -37,7 +37,7 @@ def check_run_dir(run_dir: Path, backup_dir: Path, resume: str, cfg: DictConfig 
         if resume == "never":
             raise RunDirInUse(
                 f"{backup_dir} holds an unfinished run; use trainer.resume=auto to continue it, "
-                "or another run dir (hydra.run.dir=...) to start over"
+                "or another run dir (hydra.run.dir=..., or run_dir=... where the command sets it) to start over"
             )
         if cfg is not None and (run_dir / "config.yaml").is_file():
             check_resumed_settings(OmegaConf.load(run_dir / "config.yaml"), cfg, backup_dir)
@@ -46,7 +46,7 @@ def check_run_dir(run_dir: Path, backup_dir: Path, resume: str, cfg: DictConfig 
     if best.is_file():
         raise RunDirInUse(
             f"{run_dir} holds a finished run ({best}, and no backup to resume): choose another run dir "
-            f"(hydra.run.dir=...) to train; `python -m tfbert.export run_dir={run_dir}` exports that run again"
+            f"(hydra.run.dir=..., or run_dir=... where the command sets it) to train; `python -m tfbert.export run_dir={run_dir}` exports that run again"
         )
 
 
@@ -67,7 +67,7 @@ def check_resumed_settings(started: DictConfig, now: DictConfig, backup_dir: Pat
     if changed:
         raise RunDirInUse(
             f"{backup_dir} holds an unfinished run with other settings: {'; '.join(changed)}. Rerun with the "
-            "settings it started with to resume it, or train in another run dir (hydra.run.dir=...)"
+            "settings it started with to resume it, or train in another run dir (hydra.run.dir=..., or run_dir=... where the command sets it)"
         )
 
 
