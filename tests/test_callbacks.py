@@ -267,6 +267,50 @@ def test_early_stopping_follows_the_monitor(tmp_path, monitor, values, epochs_ru
     assert (tmp_path / "backup").exists()  # the finished training's, until the run's outputs are written
 
 
+def test_early_stopping_resumes_where_the_stopped_run_was(tmp_path):
+    """SIGTERM in epoch 3 (its one step is its last: the run stops after validating it); the
+    rerun stops after epoch 4, as an uninterrupted run does (test above), and a rerun after
+    that (the outputs not written yet) trains nothing."""
+    import os
+    import signal
+
+    from tfbert.checkpoints import Preempted
+
+    values = [0.5, 0.7, 0.6, 0.7, 0.9, 0.9]
+
+    class Validator(tf_keras.callbacks.Callback):
+        validates = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs.update(val_loss=values[epoch], val_accuracy=values[epoch])
+
+    class TermInEpoch3(tf_keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    ids = np.full((2, 6), 1000, np.int32)
+    tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    train = tf.data.Dataset.from_tensor_slices((tokens, np.array([0, 1], np.int32))).batch(2)
+
+    def fit(*callbacks):
+        return Trainer(epochs=6, monitor="val_accuracy", early_stopping_patience=2).fit(
+            tiny_classifier(), create_adamw(num_train_steps=6), *loss_and_metrics("single_label"), train, 1, train,
+            tmp_path, callbacks=[Validator(), *callbacks],
+        )
+
+    with pytest.raises(Preempted, match="stopped on SIGTERM at epoch 3"):
+        fit(TermInEpoch3())
+    assert json.loads((tmp_path / "checkpoints" / "best.json").read_text())["epoch"] == 2  # epoch 3 was validated
+    # The first process's training time (as if it had trained 1000 s): the resumed run adds its own
+    (tmp_path / "backup" / "train_seconds.json").write_text('{"train_seconds": 1000.0}')
+    resumed = fit()
+    assert resumed.epoch == [3] and resumed.epochs_trained == 4  # epoch 4 (index 3) only, then the stop
+    assert 1000 < resumed.train_seconds < 1000 + 60
+    again = fit()
+    assert again.epoch == [] and again.epochs_trained == 4
+
+
 @pytest.mark.parametrize("patience", [0, 1.5, "2"])
 def test_a_bad_early_stopping_patience_is_named(patience):
     with pytest.raises(ValueError, match=f"early_stopping_patience must be a whole number of epochs above 0, or null, got {patience!r}"):

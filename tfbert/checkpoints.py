@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import tensorflow as tf
@@ -109,6 +110,10 @@ class Preempted(SystemExit):
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+# Beside the backup: the training time up to it, which a resumed run adds its own to.
+TRAIN_SECONDS = "train_seconds.json"
+
+
 class Backup(tf_keras.callbacks.BackupAndRestore):
     """BackupAndRestore that also saves at each epoch's end and on SIGTERM or Ctrl-C
     (STOP_SIGNALS), and never saves a non-finite state. `preempted_at` is then (epoch, batch,
@@ -132,6 +137,18 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         self._previous_handlers = {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS}
         super().on_train_begin(logs)
+        self._started = time.perf_counter()
+        record = Path(self.backup_dir) / TRAIN_SECONDS
+        self._seconds_before = json.loads(record.read_text())["train_seconds"] if record.is_file() else 0.0
+
+    def train_seconds(self) -> float:
+        """Training time of the whole run: its earlier processes' (up to their last backup) and this one's."""
+        return self._seconds_before + time.perf_counter() - self._started
+
+    def _backup(self, epoch, batch=0):
+        super()._backup(epoch, batch)
+        if self.model.distribute_strategy.extended.should_checkpoint:  # the chief's backup dir
+            write_json(Path(self.backup_dir) / TRAIN_SECONDS, {"train_seconds": self.train_seconds()})
 
     def _on_signal(self, signum, frame):
         if self._signalled and signum == signal.SIGINT:
@@ -143,8 +160,13 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         self._finite = loss is None or math.isfinite(float(loss))
         if not self._finite:
             return  # a NaN/inf step must never reach the backup
-        super().on_train_batch_end(batch, logs)
         self._last_batch = batch
+        if batch + 1 >= self.params["steps"]:
+            # The epoch's last step: its backup comes at the epoch's end, after the validation
+            # (Keras resumes a backup of the last step at the next epoch), and so does a stop
+            # on a signal (EpochEndStop).
+            return
+        super().on_train_batch_end(batch, logs)
         if self._signalled and self.preempted_at is None:
             self._preempt(batch)
             self.model.stop_training = True
@@ -155,6 +177,12 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         if self._finite and self.preempted_at is None:
             self._backup(epoch=epoch, batch=self._last_batch)
         super().on_epoch_end(epoch, logs)
+
+    def epoch_end_stop(self) -> tf_keras.callbacks.Callback:
+        """The callback to put last in fit's list: it stops the run at the end of an epoch in
+        whose last step or validation a signal came, once the epoch is validated, backed up
+        and checkpointed."""
+        return EpochEndStop(self)
 
     def _preempt(self, batch: int) -> None:
         self._backup(epoch=self._current_epoch, batch=batch)
@@ -168,6 +196,20 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
             # finished training lets a rerun go straight to evaluation and export.
             self._preempt(self._last_batch)
         super().on_train_end(logs)
+
+
+class EpochEndStop(tf_keras.callbacks.Callback):
+    """See Backup.epoch_end_stop."""
+
+    def __init__(self, backup: Backup):
+        super().__init__()
+        self.backup = backup
+
+    def on_epoch_end(self, epoch, logs=None):
+        backup = self.backup
+        if backup._signalled and backup.preempted_at is None and not self.model.stop_training:
+            backup.preempted_at = (epoch, backup._last_batch, backup._signalled)  # backed up at the epoch's end
+            self.model.stop_training = True
 
 
 def remove_backup(backup_dir: Path) -> None:

@@ -1,7 +1,6 @@
 """run(cfg): one fine-tuning run, from task data to metrics.json and a SavedModel."""
 
 import logging
-import time
 from pathlib import Path
 
 import tensorflow as tf
@@ -124,7 +123,6 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
             fit_model, fit_train, fit_validation = feature_extraction(
                 backbone, head, pipeline, train_data, validation_data
             )
-        started = time.perf_counter()
         history = trainer.fit(
             fit_model,
             optimizer,
@@ -139,16 +137,14 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
             backup_dir=backup_dir,
             checkpoint_model=model,
         )
-        train_seconds = time.perf_counter() - started
 
     label_info = (task.label_names, task.problem_type, task.threshold)
     metrics = {
         "validation": evaluate(model, validation_data, *label_info),
         "test": evaluate(model, test_data, *label_info),
         "train_padding_efficiency": stats["padding_efficiency"],
-        "train_seconds": round(train_seconds, 1),
-        # Fewer than trainer.epochs after early stopping; no epoch is left to run after a stop in the last one.
-        "train_epochs": history.epoch[-1] + 1 if history.epoch else trainer.epochs,
+        "train_seconds": round(history.train_seconds, 1),  # a resumed run's: over all its processes
+        "train_epochs": history.epochs_trained,  # fewer than trainer.epochs after early stopping
         "train_precision": trainer.precision,
     }
     write_json(run_dir / "metrics.json", metrics)

@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfbert.callbacks import ProgressLogger
-from tfbert.checkpoints import Backup, BestCheckpoint, Preempted, backup_position, best_checkpoint
+from tfbert.checkpoints import Backup, BestCheckpoint, Preempted, backup_position, best_checkpoint, best_so_far
 from tfbert.checks import check_flags, is_whole_number
 from tfbert.objectives import checkpoint_monitor, lower_is_better
 from tfbert.pipeline import stream_epochs
@@ -43,6 +43,29 @@ class StopOnNonFiniteLoss(tf_keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)) and self.stopped_at is None:
             self.stopped_at = (self.epoch + 1, batch + 1)
             self.model.stop_training = True
+
+
+class ResumableEarlyStopping(tf_keras.callbacks.EarlyStopping):
+    """EarlyStopping that a resumed run continues where the stopped one was: its best value
+    and the epochs waited since come from the run's best epoch so far (`best`: best.json)
+    and the `epochs_done` before this process; an epoch cut short (SIGTERM, Ctrl-C, NaN) has
+    no validation and does not count. `stopped_before`: the run had already stopped early."""
+
+    def __init__(self, monitor: str, patience: int, mode: str, best: dict | None = None, epochs_done: int = 0):
+        super().__init__(monitor, patience=patience, mode=mode)
+        self.best_before, self.epochs_done = (best if epochs_done else None), epochs_done
+        # Keras stops when `patience` epochs in a row after the first did not improve.
+        self.stopped_before = bool(self.best_before) and epochs_done > 1 and epochs_done - best["epoch"] >= patience
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.best_before:
+            self.best, self.best_epoch = self.best_before["value"], self.best_before["epoch"] - 1
+            self.wait = self.epochs_done - self.best_before["epoch"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.model.stop_training:  # a cut-short epoch: no val_* to compare, nothing to count
+            super().on_epoch_end(epoch, logs)
 
 
 def resolve_parallel_slices(parallel_slices: int | str, strategy: str, jit_compile: bool) -> int:
@@ -229,32 +252,37 @@ class Trainer:
         it (tfbert.features: the head model of a classifier). Raises Preempted after saving a
         backup on SIGTERM or Ctrl-C, and NonFiniteLoss when the loss becomes NaN/inf (no
         checkpoint is written from it). The backup stays after training: the caller removes it
-        (checkpoints.remove_backup) once the run's outputs are written.
+        (checkpoints.remove_backup) once the run's outputs are written. The History returned
+        also has `epochs_trained` and `train_seconds`: the run's epochs and training time, over
+        all its processes.
         """
         run_dir = Path(run_dir)
         backup_dir = Path(backup_dir or run_dir / "backup")
         check_run_dir(run_dir, backup_dir, self.resume)
         done = backup_position(backup_dir, steps_per_epoch)  # verifies the backup, if any
-        if done >= self.epochs * steps_per_epoch:
+        self.compile(model, optimizer, loss, metrics)
+        monitor, mode = self.checked_monitor(metrics, callbacks)
+        # Without a patience it waits all the epochs there are: it never stops a run.
+        early_stopping = ResumableEarlyStopping(
+            monitor, self.early_stopping_patience or self.epochs, mode,
+            best_so_far(run_dir / "checkpoints"), epochs_done=done // steps_per_epoch,
+        )
+        # A run that had stopped early (its outputs not written yet) trains no further.
+        epochs = done // steps_per_epoch if early_stopping.stopped_before else self.epochs
+        if done >= epochs * steps_per_epoch:
             log.info("resuming from %s: training had finished when the run stopped", backup_dir)
         elif done:
             log.info("resuming from %s: epoch %d, step %d", backup_dir, done // steps_per_epoch + 1,
                      done % steps_per_epoch)
-        self.compile(model, optimizer, loss, metrics)
-        monitor, mode = self.checked_monitor(metrics, callbacks)
         # A callback that `validates` (tfbert.callbacks.ValidationInsights) runs the model
         # over the validation split anyway and logs the val_* metrics: no second pass.
         validated_by_callback = any(getattr(callback, "validates", False) for callback in callbacks)
         nan_guard = StopOnNonFiniteLoss()
         # Keras calls batch callbacks once per steps_per_execution steps, and Backup counts calls.
         backup = Backup(backup_dir, save_freq=max(1, self.backup_every_steps // self.steps_per_execution))
-        # Without a patience it waits all the epochs there are: it never stops a run.
-        early_stopping = tf_keras.callbacks.EarlyStopping(
-            monitor, patience=self.early_stopping_patience or self.epochs, mode=mode
-        )
         history = model.fit(
             stream_epochs(train_data, self.epochs, skip_batches=done),
-            epochs=self.epochs,
+            epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             validation_data=None if validated_by_callback else validation_data,
             callbacks=[
@@ -268,6 +296,7 @@ class Trainer:
                     update_freq=self.tensorboard_update_freq,
                     profile_batch=tuple(self.profile_steps) if self.profile_steps else 0,
                 ),
+                backup.epoch_end_stop(),
             ],
             class_weight=class_weight,
             # ProgressLogger shows the epochs; without it, Keras' bar (terminal) or line per epoch
@@ -293,4 +322,7 @@ class Trainer:
                 early_stopping.stopped_epoch + 1, self.epochs, monitor, self.early_stopping_patience,
             )
         (checkpoint_model or model).load_weights(str(best_checkpoint(run_dir))).expect_partial()
+        # Over all of the run's processes:
+        history.epochs_trained = history.epoch[-1] + 1 if history.epoch else epochs
+        history.train_seconds = backup.train_seconds()
         return history
