@@ -123,6 +123,12 @@ def test_dir_without_runs_says_what_was_expected(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
 
 
+def test_a_single_run_is_not_a_sweep(tmp_path):
+    fake_run(tmp_path, 0, ["head=mean"], fake_metrics(0.8, 5.0))
+    with pytest.raises(NoRuns, match=r"holds one run \(.*0_head=mean\); compare takes the dir of a sweep"):
+        compare(tmp_path)
+
+
 def test_unknown_group_key_lists_the_overrides(multirun_dir):
     with pytest.raises(NoRuns, match="overrides found: head, model, seed"):
         compare(multirun_dir, by=["dropout"])

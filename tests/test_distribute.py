@@ -106,6 +106,9 @@ def test_two_workers_over_loopback_match_one_worker(single_device_losses, snippe
     # worker 1 wrote its copies to a temporary dir, removed at the end
     assert not [path for path in worker_tmp.iterdir() if path.name.startswith("tfbert-worker")]
     assert not (run_dir / "tensorboard" / "workertemp_1").exists()
+    worker_log = (tmp_path / "logs" / "worker1" / "train.log").read_text()
+    assert f"this worker keeps no outputs: the chief's run dir {run_dir}" in worker_log and "artifacts:" not in worker_log
+    assert not (run_dir / "backup").exists()  # the chief removed it once the run was done
 
 
 def test_two_workers_stop_early_together(snippets_file, tmp_path):

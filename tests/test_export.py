@@ -234,6 +234,8 @@ def test_export_cli_rebuilds_the_trained_model(finished_run, tokenizer, capsys):
     with pytest.raises(SystemExit, match="export.branches must be an integer from 1 to the encoder's 2 attention heads"):
         main([f"run_dir={run_dir}", "export.name=from_run", "export.branches=3"])
     assert sorted(path.name for path in directory.parent.iterdir()) == ["3"]  # nothing half-written
+    with pytest.raises(SystemExit, match=r"^tfbert.export: export.version must be a positive integer .*got 0$"):
+        main([f"run_dir={run_dir}", "export.version=0"])  # one line, naming the key
 
 
 @pytest.mark.parametrize(

@@ -124,6 +124,8 @@ def test_unknown_label_in_test(tmp_path):
     test = write_csv(tmp_path / "test.csv", [("x", "sports"), ("y", "cooking")])
     with pytest.raises(InvalidTaskData, match=r"test.csv \(test\), row 2: label 'cooking': .*not among the training labels"):
         load_files(str(train), test_file=str(test))
+    with pytest.raises(InvalidTaskData, match=r"train.csv \(train\), row \d+: label 'politics': .*not among task.label_names"):
+        load_files(str(train), label_names=["science", "sports"])  # the configured names, not the training labels
 
 
 def test_single_class_in_train(tmp_path):

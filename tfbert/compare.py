@@ -181,6 +181,9 @@ def compare(multirun_dir: Path, by: list[str] | None = None, out_dir: Path | Non
     """Write comparison.md, comparison.csv and comparison.png; returns their paths by format."""
     runs = load_runs(multirun_dir)
     by = by or varying_overrides(runs)
+    if len(runs) == 1:
+        raise NoRuns(f"{multirun_dir} holds one run ({runs[0].path}); compare takes the dir of a sweep "
+                     "(python train.py -m ...), whose runs it groups")
     if not by:
         raise NoRuns(
             f"the {len(runs)} runs in {multirun_dir} differ only in {', '.join(REPEATS)}: "

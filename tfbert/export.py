@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tfbert.checkpoints import best_checkpoint
-from tfbert.checks import is_whole_number
+from tfbert.checks import config_group, is_whole_number
 from tfbert.classifier import INPUT_NAMES, build_classifier, classifier_parts
 from tfbert.model_card import ModelCard
 from tfbert.packed import branch_weights, check_branches, packed_encoder_features
@@ -262,7 +262,8 @@ def export_run(run_dir: str | Path, **export_args) -> Path:
     checkpoint = best_checkpoint(run_dir)
     task = TaskSpec.read(run_dir / "task.json")  # the labels it trained with; no data read
     export_cfg = OmegaConf.merge({"_target_": f"{__name__}.Exporter"}, cfg.get("export") or {}, export_args)
-    exporter = instantiate(export_cfg)
+    with config_group("export", export_cfg):  # a bad value: one line naming its key
+        exporter = instantiate(export_cfg)
     # The architecture comes from the config; every weight comes from the checkpoint.
     model = float32_classifier(cfg, task)
     exporter.check(classifier_parts(model)[0], run_dir, task.name)  # before the weights load

@@ -154,7 +154,9 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
         for layer, trained_layer in zip(model.layers, trained.layers):  # not the model's gradient accumulators
             layer.set_weights(trained_layer.get_weights())
     export = export_classifier(model, task, cfg.model.name_or_path, run_dir, exporter, metrics)
-    if is_chief(strategy):  # the run is done: its backup goes (on the chief, which keeps the outputs)
-        remove_backup(backup_dir)
+    if not is_chief(strategy):  # its outputs went to a temporary dir, deleted on return
+        log.info("done; this worker keeps no outputs: the chief's run dir %s holds the run's", cfg.run_dir)
+        return metrics
+    remove_backup(backup_dir)  # the run is done
     log.info("%s", run_summary(metrics, run_dir, export))
     return metrics

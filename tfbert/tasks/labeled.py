@@ -205,6 +205,7 @@ def _label_encoder(problem_type, train_labels, label_names, separator, feature, 
         inner = feature.feature if isinstance(feature, datasets.Sequence) else feature
         return [_class_name(item.strip() if isinstance(item, str) else item, inner) for item in items if str(item).strip()]
 
+    named_by = "task.label_names" if label_names is not None else "the training labels"
     if label_names is None:
         seen = set()
         for row, value in enumerate(train_labels, start=1):
@@ -221,7 +222,7 @@ def _label_encoder(problem_type, train_labels, label_names, separator, feature, 
 
     def lookup(name):
         if name not in index:
-            raise ValueError(f"class {name!r} is not among the training labels {list(index)}")
+            raise ValueError(f"class {name!r} is not among {named_by} {list(index)}")
         return index[name]
 
     if problem_type == "single_label":
