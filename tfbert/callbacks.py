@@ -63,9 +63,11 @@ class ProgressLogger(tf_keras.callbacks.Callback):
     """The run's progress: one log line per epoch (its metrics, how long it took, the time
     left) and, in a terminal, a bar over the epoch's steps that clears itself at the end.
 
-    Trainer turns Keras' own progress output off when this callback is there: both would
-    print every epoch, and Keras' bar would run into the log line.
+    It `shows_progress`: Trainer then turns Keras' own progress output off (both would
+    print every epoch, and Keras' bar would run into the log line).
     """
+
+    shows_progress = True
 
     def on_train_begin(self, logs=None):
         self.started = time.perf_counter()

@@ -12,6 +12,7 @@ import tensorflow as tf
 from tfbert.checks import check_flags, check_seed, is_whole_number
 from tfbert.tasks.task_data import column
 
+
 class Pipeline:
     """Builds the batched tf.data.Dataset of one split.
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import tensorflow as tf
 import tf_keras
 
-from tfbert.callbacks import ProgressLogger
 from tfbert.checkpoints import Backup, BestCheckpoint, Preempted, backup_position, best_checkpoint, best_so_far
 from tfbert.checks import check_flags, is_whole_number
 from tfbert.objectives import checkpoint_monitor, lower_is_better
@@ -245,7 +244,7 @@ class Trainer:
         `train_data` is one epoch of `steps_per_epoch` batches; `loss` and `metrics` fit
         the task's problem type; `callbacks` run before the trainer's own (one whose
         `validates` is true logs the val_* metrics itself, and Keras then does not
-        evaluate `validation_data`); `class_weight`
+        evaluate `validation_data`; with one that `shows_progress`, Keras prints nothing); `class_weight`
         weights each class id's loss; `backup_dir` (default `<run_dir>/backup`) must be
         the same for every worker of a multi-worker run; `checkpoint_model` (default `model`)
         is what the best checkpoint keeps and gets back, when `model` trains only part of
@@ -277,6 +276,7 @@ class Trainer:
         # A callback that `validates` (tfbert.callbacks.ValidationInsights) runs the model
         # over the validation split anyway and logs the val_* metrics: no second pass.
         validated_by_callback = any(getattr(callback, "validates", False) for callback in callbacks)
+        shows_progress = any(getattr(callback, "shows_progress", False) for callback in callbacks)
         nan_guard = StopOnNonFiniteLoss()
         # Keras calls batch callbacks once per steps_per_execution steps, and Backup counts calls.
         backup = Backup(backup_dir, save_freq=max(1, self.backup_every_steps // self.steps_per_execution))
@@ -299,8 +299,9 @@ class Trainer:
                 backup.epoch_end_stop(),
             ],
             class_weight=class_weight,
-            # ProgressLogger shows the epochs; without it, Keras' bar (terminal) or line per epoch
-            verbose=0 if any(isinstance(c, ProgressLogger) for c in callbacks) else 1 if sys.stdout.isatty() else 2,
+            # A callback that `shows_progress` (tfbert.callbacks.ProgressLogger) shows the epochs;
+            # without one, Keras' bar (terminal) or line per epoch.
+            verbose=0 if shows_progress else 1 if sys.stdout.isatty() else 2,
         )
         if backup.preempted_at is not None:
             epoch, step, signal_name = backup.preempted_at
