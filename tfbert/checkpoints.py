@@ -146,6 +146,9 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         return self._seconds_before + time.perf_counter() - self._started
 
     def _backup(self, epoch, batch=0):
+        # Keras records the step an execution began with (on_train_batch_begin), which under
+        # steps_per_execution > 1 is not the last step done: the backup records `batch`.
+        self._training_state._ckpt_saved_batch.assign(batch)
         super()._backup(epoch, batch)
         if self.model.distribute_strategy.extended.should_checkpoint:  # the chief's backup dir
             write_json(Path(self.backup_dir) / TRAIN_SECONDS, {"train_seconds": self.train_seconds()})
