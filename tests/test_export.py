@@ -191,6 +191,22 @@ def test_outputs_follow_the_problem_type(problem_type, num_outputs, outputs, tin
     assert served["label"].numpy().tolist() == [label_names[i].encode() for i in logits.argmax(axis=1)]
 
 
+def test_the_export_holds_the_layers_weights_not_gradient_accumulators(tokenizer):
+    """A model trained with gradient accumulation also holds its accumulators: they are not
+    what serving computes with, and would double the export's size."""
+    import tf_keras
+    from tests.test_speed_switches import batches, seeded_classifier
+
+    model = seeded_classifier()
+    model.grad_accum_steps = 2
+    model.compile(tf_keras.optimizers.SGD(0.1), tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(batches(2, 2), verbose=0)
+    layer_weights = [weight for layer in model.layers for weight in layer.weights]
+    assert len(model.weights) > len(layer_weights)  # the accumulators
+    module = ServingModule(model, InGraphTokenizer.from_tokenizer(tokenizer, MAX_LENGTH), ["negative", "positive"])
+    assert [weight.name for weight in module.weights] == [weight.name for weight in layer_weights]
+
+
 def test_text_columns_must_be_text_or_a_pair(classifier, tokenizer):
     with pytest.raises(ValueError, match=r"text_columns must be \('text',\) or \('text', 'text_pair'\)"):
         ServingModule(classifier, InGraphTokenizer.from_tokenizer(tokenizer, 8), ["a", "b"], ["sentence"])

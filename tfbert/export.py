@@ -88,8 +88,9 @@ class ServingModule(tf.Module):
         self.threshold = threshold
         # The SavedModel keeps the weights the signatures read, not the Keras objects: saving
         # a Keras model also traces each of its layers for Keras' own loader, which serving
-        # never uses (seconds more to write and to load). So only the functions hold the model.
-        self.weights = list(model.weights)
+        # never uses (seconds more to write and to load). So only the functions hold the model,
+        # and the module its layers' weights (not a model's own variables: gradient accumulators).
+        self.weights = [weight for layer in model.layers for weight in layer.weights]
         backbone, head = classifier_parts(model)
         self.branches = [[{name: tf.Variable(tensor, trainable=False, name=name) for name, tensor in part.items()}
                           for part in layer] for layer in branch_weights(backbone, branches)]

@@ -88,7 +88,7 @@ class Trainer:
             `val_loss`, ...); None: `val_accuracy` when the model reports accuracy, else `val_loss`.
         early_stopping_patience: stop once `monitor` has not improved for this many
             epochs (the best checkpoint is restored as always); None: train every epoch.
-            The count starts over when a run resumes from its backup.
+            A resumed run continues the count from its best epoch so far (best.json).
         jit_compile: compile train/eval steps with XLA.
         steps_per_execution: batches run per tf.function call (fewer Python round trips).
         tensorboard_update_freq: log training scalars every this many batches, or `epoch`.
