@@ -47,6 +47,32 @@ def test_gradient_accumulation_equals_the_larger_batch(precision, tolerance):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=tolerance)
 
 
+def test_gradient_accumulation_weighs_each_batch_by_its_rows():
+    """Batches of 6 and 2 rows accumulate to the batch of all 8 (a mean over rows, not over batches)."""
+    features, labels = next(iter(batches(1, 8)))
+    uneven = tf.data.Dataset.from_tensor_slices((features, labels)).batch(6)
+    accumulated, accumulated_steps = train_once(seeded_classifier(), uneven, grad_accum_steps=2)
+    whole, whole_steps = train_once(seeded_classifier(), batches(1, 8), grad_accum_steps=1)
+    assert accumulated_steps == whole_steps == 1
+    for a, b in zip(accumulated, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_last_smaller_group_of_batches_is_applied_and_the_schedule_ends(tmp_path):
+    """10 batches in groups of 4: the last 2 are applied as a step of their own, so the run
+    takes the 3 optimizer steps its schedule spans and the learning rate reaches 0."""
+    from tfbert.objectives import loss_and_metrics
+    from tfbert.optimization import create_adamw
+
+    trainer = Trainer(epochs=1, grad_accum_steps=4)
+    assert trainer.optimizer_steps(10) == 3
+    model = seeded_classifier()
+    optimizer = create_adamw(num_train_steps=3, learning_rate=1e-2, warmup_ratio=0.0)
+    trainer.fit(model, optimizer, *loss_and_metrics("single_label"), batches(10, 2), 10, batches(1, 2), tmp_path)
+    assert int(optimizer.iterations) == 3  # the schedule's end: its learning rate is 0 there
+    assert float(model._accumulated_rows) == 0.0 and not any(np.abs(a.numpy()).max() for a in model._accumulated)
+
+
 @pytest.mark.parametrize("grad_accum_steps", [1, 2])
 def test_parallel_slices_train_evaluate_and_predict_like_the_whole_batch(grad_accum_steps):
     # Batches of 8 rows in 3 slices (2, 3 and 3 rows); the last batch of 2 has an empty slice.

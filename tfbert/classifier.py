@@ -56,14 +56,17 @@ class Classifier(tf_keras.Model):
     two slices on a 2-core CPU keep both cores on matmuls of half the size, which one
     core multiplies faster than two cores share one.
 
-    With `grad_accum_steps = n > 1` each batch's gradients are summed into
-    accumulators and their mean is applied once every n batches, so n batches of
-    size b train like one batch of n * b (the optimizer, and with it the learning-rate
-    schedule, counts applied steps). Set both before `compile`.
+    With `grad_accum_steps = n > 1` each batch's gradients, weighted by its rows, are
+    summed into accumulators and their mean per row is applied once every n batches, so
+    n batches train like the one batch of all their rows, whatever each one's size (the
+    optimizer, and with it the learning-rate schedule, counts applied steps). With
+    `accumulation_end`, the number of batches the whole run trains on, a last group of
+    fewer than n batches is applied at the end too. Set these before `compile`.
     """
 
     parallel_slices = 1
     grad_accum_steps = 1
+    accumulation_end = None
 
     def sliced_call(self, features, training: bool):
         """The logits of `features`, computed as `parallel_slices` slices of the batch."""
@@ -78,7 +81,7 @@ class Classifier(tf_keras.Model):
         if self.grad_accum_steps == 1:
             self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         else:
-            self._accumulate(tape, loss)
+            self._accumulate(tape, loss, rows=tf.shape(tf.nest.flatten(features)[0])[0])
         return self.compute_metrics(features, labels, outputs, sample_weight)
 
     def test_step(self, data):
@@ -91,33 +94,42 @@ class Classifier(tf_keras.Model):
         features, _, _ = tf_keras.utils.unpack_x_y_sample_weight(data)
         return self.sliced_call(features, training=False)
 
-    def _accumulate(self, tape: tf.GradientTape, loss: tf.Tensor) -> None:
-        """Add the gradients of `loss` to the accumulators; apply their mean every grad_accum_steps."""
+    def _accumulate(self, tape: tf.GradientTape, loss: tf.Tensor, rows: tf.Tensor) -> None:
+        """Add the gradients of `loss` (a mean over the batch's `rows`), times `rows`, to the
+        accumulators; apply their mean per row every grad_accum_steps batches and at
+        accumulation_end."""
         if not hasattr(self, "_accumulated"):
             with tf.init_scope():
                 self._accumulated = [
                     tf.Variable(tf.zeros_like(variable), trainable=False, name="accumulated_gradient")
                     for variable in self.trainable_variables
                 ]
+                self._accumulated_rows = tf.Variable(0.0, trainable=False, name="accumulated_rows")
                 self._micro_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="micro_steps")
         # The optimizer's own gradients: a LossScaleOptimizer (mixed_float16) scales the loss
         # on the tape and unscales the gradients, as its minimize does.
         gradients = [gradient for gradient, _ in self.optimizer.compute_gradients(loss, self.trainable_variables, tape)]
+        rows = tf.cast(rows, tf.float32)
         for accumulator, gradient in zip(self._accumulated, gradients):
             if gradient is not None:
-                accumulator.assign_add(tf.convert_to_tensor(gradient))
+                accumulator.assign_add(tf.convert_to_tensor(gradient) * rows)
+        self._accumulated_rows.assign_add(rows)
         self._micro_steps.assign_add(1)
 
         def apply():
             self.optimizer.apply_gradients(
-                (accumulator / self.grad_accum_steps, variable)
+                (accumulator / self._accumulated_rows, variable)
                 for accumulator, variable in zip(self._accumulated, self.trainable_variables)
             )
             for accumulator in self._accumulated:
                 accumulator.assign(tf.zeros_like(accumulator))
+            self._accumulated_rows.assign(0.0)
             return tf.constant(True)
 
-        tf.cond(self._micro_steps % self.grad_accum_steps == 0, apply, lambda: tf.constant(False))
+        due = self._micro_steps % self.grad_accum_steps == 0
+        if self.accumulation_end is not None:
+            due = due | (self._micro_steps == self.accumulation_end)
+        tf.cond(due, apply, lambda: tf.constant(False))
 
 
 def classifier_parts(model: tf_keras.Model) -> tuple[tf_keras.Model, ClassificationHead]:

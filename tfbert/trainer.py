@@ -259,6 +259,9 @@ class Trainer:
         backup_dir = Path(backup_dir or run_dir / "backup")
         check_run_dir(run_dir, backup_dir, self.resume)
         done = backup_position(backup_dir, steps_per_epoch)  # verifies the backup, if any
+        # Gradient accumulation applies a last group of fewer than grad_accum_steps batches too:
+        # every batch trains, and the learning rate reaches the end of its schedule (optimizer_steps).
+        model.accumulation_end = self.epochs * steps_per_epoch
         self.compile(model, optimizer, loss, metrics)
         monitor, mode = self.checked_monitor(metrics, callbacks)
         # Without a patience it waits all the epochs there are: it never stops a run.
