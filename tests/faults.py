@@ -44,11 +44,17 @@ def finish(data_file, run_dir, *overrides: str) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
+def backups_done(run_dir: Path) -> int:
+    """How many backups the run has saved (the first holds step 0, from before training)."""
+    state = run_dir / "backup" / "chief" / "checkpoint"  # written last: a backup is complete once listed
+    return int(state.read_text().split('"ckpt-')[1].split('"')[0]) if state.is_file() else 0
+
+
 def interrupt_after_first_backup(data_file, run_dir, signum) -> tuple[int, str]:
+    """Signal the run once its first backup after a training step is saved."""
     process = start(data_file, run_dir)
     deadline = time.time() + 300
-    # the checkpoint state file is written last: a backup is complete once it exists
-    while not (run_dir / "backup" / "chief" / "checkpoint").exists() and process.poll() is None:
+    while backups_done(run_dir) < 2 and process.poll() is None:
         if time.time() > deadline:
             process.kill()
             raise TimeoutError("no backup appeared within 300 s")

@@ -85,6 +85,46 @@ def test_a_crash_after_an_epoch_resumes_from_its_end(tmp_path):
     check_run_dir(tmp_path, tmp_path / "backup", trainer.resume)  # resumable, not refused
 
 
+@pytest.mark.parametrize("crashed_epoch", [1, 2])
+@pytest.mark.parametrize("written", [False, True])
+def test_a_crash_while_an_epoch_is_checkpointed_trains_that_epoch_again(crashed_epoch, written, tmp_path):
+    """The best checkpoint comes before the epoch's backup, and a backup exists from the
+    start: a crash between the two resumes before the epoch and checkpoints it, rather than
+    skipping it with its best weights never saved (or, in epoch 1, taking the run for finished)."""
+    import json
+
+    from tests.test_speed_switches import batches, seeded_classifier
+    from tfbert.checkpoints import BestCheckpoint
+    from tfbert.objectives import loss_and_metrics
+    from tfbert.optimization import create_adamw
+    from tfbert.trainer import Trainer
+
+    def fit(run_dir):
+        Trainer(epochs=2, monitor="val_loss", backup_every_steps=1000).fit(
+            seeded_classifier(), create_adamw(num_train_steps=16, learning_rate=1e-2),
+            *loss_and_metrics("single_label"), batches(8, 2), 8, batches(8, 2), run_dir,
+        )
+        return json.loads((run_dir / "checkpoints" / "best.json").read_text())
+
+    uninterrupted = fit(tmp_path / "uninterrupted")
+    assert uninterrupted["epoch"] == 2  # the learning rate makes each epoch better
+    checkpoint = BestCheckpoint.on_epoch_end
+
+    def crash_once_written(self, epoch, logs=None):  # before or after the epoch's best checkpoint is written
+        if written or epoch + 1 != crashed_epoch:
+            checkpoint(self, epoch, logs)
+        if epoch + 1 == crashed_epoch:
+            raise RuntimeError("simulated crash")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BestCheckpoint, "on_epoch_end", crash_once_written)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            fit(tmp_path / "crashed")
+    resumed = fit(tmp_path / "crashed")
+    assert resumed["epoch"] == 2
+    assert resumed["value"] == pytest.approx(uninterrupted["value"], rel=1e-5)
+
+
 def test_a_run_resumes_only_with_the_settings_it_started_with(snippets_file, tmp_path):
     """A backup holds what the first settings made: a rerun with others is refused, naming
     them, before it writes anything (config.yaml stays the one the backup belongs to)."""

@@ -4,10 +4,12 @@ best:    checkpoints/best-<epoch>.* plus checkpoints/best.json pointing at them.
          best is written under a new name and best.json is replaced atomically after
          it, so a crash at any point leaves the previous best readable.
 backup:  backup/ (tf_keras BackupAndRestore): model, optimizer (and so the learning-
-         rate schedule position), epoch and step, every `save_freq` steps, at each epoch's
-         end and on SIGTERM or Ctrl-C; never written from a non-finite loss; kept after
-         training, until the run's outputs are written (remove_backup): a run stopped while
-         it evaluates or exports resumes with its training done.
+         rate schedule position), epoch and step, when training starts, every `save_freq`
+         steps, at each epoch's end (after its best checkpoint: a crash between the two
+         redoes the epoch, rather than losing its checkpoint) and on SIGTERM or Ctrl-C;
+         never written from a non-finite loss; kept after training, until the run's outputs
+         are written (remove_backup): a run stopped while it evaluates or exports resumes
+         with its training done. So a best.json with no backup beside it is a finished run's.
 """
 
 import json
@@ -140,6 +142,10 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         self._started = time.perf_counter()
         record = Path(self.backup_dir) / TRAIN_SECONDS
         self._seconds_before = json.loads(record.read_text())["train_seconds"] if record.is_file() else 0.0
+        if latest_backup(self.backup_dir) is None:
+            # From the start, so that the run's first best.json never stands without a backup
+            # (which would mark the run finished): step 0, the state training starts from.
+            self._backup(epoch=0, batch=-1)
 
     def train_seconds(self) -> float:
         """Training time of the whole run: its earlier processes' (up to their last backup) and this one's."""
@@ -147,7 +153,9 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
 
     def _backup(self, epoch, batch=0):
         # Keras records the step an execution began with (on_train_batch_begin), which under
-        # steps_per_execution > 1 is not the last step done: the backup records `batch`.
+        # steps_per_execution > 1 is not the last step done, and the epoch only once one
+        # began: the backup records `epoch` and `batch`, the last step done (-1: none yet).
+        self._training_state._ckpt_saved_epoch.assign(epoch)
         self._training_state._ckpt_saved_batch.assign(batch)
         super()._backup(epoch, batch)
         if self.model.distribute_strategy.extended.should_checkpoint:  # the chief's backup dir
@@ -175,8 +183,8 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        # Also at each epoch's end, before the best checkpoint (a later callback) is written:
-        # a best.json with no backup beside it then means training finished.
+        # Also at each epoch's end, after the best checkpoint (an earlier callback): a crash
+        # before this backup resumes from an earlier one and trains the epoch again.
         if self._finite and self.preempted_at is None:
             self._backup(epoch=epoch, batch=self._last_batch)
         super().on_epoch_end(epoch, logs)

@@ -48,7 +48,10 @@ class ResumableEarlyStopping(tf_keras.callbacks.EarlyStopping):
     """EarlyStopping that a resumed run continues where the stopped one was: its best value
     and the epochs waited since come from the run's best epoch so far (`best`: best.json)
     and the `epochs_done` before this process; an epoch cut short (SIGTERM, Ctrl-C, NaN) has
-    no validation and does not count. `stopped_before`: the run had already stopped early."""
+    no validation and does not count. `stopped_before`: the run had already stopped early.
+    A best epoch later than the backup (a crash after its best checkpoint, before its
+    backup) is trained again: it waits -1 epochs, so that its repeat, no improvement on
+    itself, brings the count to 0."""
 
     def __init__(self, monitor: str, patience: int, mode: str, best: dict | None = None, epochs_done: int = 0):
         super().__init__(monitor, patience=patience, mode=mode)
@@ -291,8 +294,8 @@ class Trainer:
             callbacks=[
                 *callbacks,
                 nan_guard,
-                backup,
                 BestCheckpoint(run_dir / "checkpoints", monitor, checkpoint_model),
+                backup,  # after the best checkpoint: see tfbert.checkpoints
                 early_stopping,
                 tf_keras.callbacks.TensorBoard(
                     log_dir=str(run_dir / "tensorboard"),
