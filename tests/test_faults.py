@@ -56,7 +56,9 @@ def test_a_run_dir_is_checked_for_other_runs(tmp_path):
 def test_a_crash_after_an_epoch_resumes_from_its_end(tmp_path):
     """Every epoch's end is backed up, whatever backup_every_steps says: a crash after epoch 1
     with no periodic backup yet resumes at epoch 2, not from scratch, and its run dir (which
-    holds epoch 1's best.json) is not taken for a finished run."""
+    holds epoch 1's best.json) is not taken for a finished run. The crash gives Ctrl-C back."""
+    import signal
+
     import numpy as np
     import tensorflow as tf
     import tf_keras
@@ -77,9 +79,11 @@ def test_a_crash_after_an_epoch_resumes_from_its_end(tmp_path):
     tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     train = tf.data.Dataset.from_tensor_slices((tokens, np.array([0, 1, 0, 1], np.int32))).batch(2)
     trainer = Trainer(epochs=2, backup_every_steps=1000)
+    ctrl_c = signal.getsignal(signal.SIGINT)
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.fit(tiny_classifier(), create_adamw(num_train_steps=4), *loss_and_metrics("single_label"), train, 2,
                     train, tmp_path, callbacks=[CrashInEpoch2()])
+    assert signal.getsignal(signal.SIGINT) is ctrl_c  # the next Ctrl-C interrupts as before training
     assert (tmp_path / "checkpoints" / "best.json").is_file()
     assert backup_position(tmp_path / "backup", steps_per_epoch=2) == 2  # epoch 1 done
     check_run_dir(tmp_path, tmp_path / "backup", trainer.resume)  # resumable, not refused

@@ -199,9 +199,15 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         self._backup(epoch=self._current_epoch, batch=batch)
         self.preempted_at = (self._current_epoch, batch, self._signalled)
 
-    def on_train_end(self, logs=None):
-        for signum, handler in self._previous_handlers.items():
+    def release_signals(self) -> None:
+        """Give SIGTERM and Ctrl-C back to the handlers they had before training (at the end
+        of training, and after a fit that raised: the next Ctrl-C must interrupt)."""
+        for signum, handler in getattr(self, "_previous_handlers", {}).items():
             signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    def on_train_end(self, logs=None):
+        self.release_signals()
         if self._signalled and self.preempted_at is None and self._finite:
             # The signal came after the last step, in the last validation pass: a backup of the
             # finished training lets a rerun go straight to evaluation and export.

@@ -286,29 +286,32 @@ class Trainer:
         nan_guard = StopOnNonFiniteLoss()
         # Keras calls batch callbacks once per steps_per_execution steps, and Backup counts calls.
         backup = Backup(backup_dir, save_freq=max(1, self.backup_every_steps // self.steps_per_execution))
-        history = model.fit(
-            stream_epochs(train_data, self.epochs, skip_batches=done),
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=None if validated_by_callback else validation_data,
-            callbacks=[
-                *callbacks,
-                nan_guard,
-                BestCheckpoint(run_dir / "checkpoints", monitor, checkpoint_model),
-                backup,  # after the best checkpoint: see tfbert.checkpoints
-                early_stopping,
-                tf_keras.callbacks.TensorBoard(
-                    log_dir=str(run_dir / "tensorboard"),
-                    update_freq=self.tensorboard_update_freq,
-                    profile_batch=tuple(self.profile_steps) if self.profile_steps else 0,
-                ),
-                backup.epoch_end_stop(),
-            ],
-            class_weight=class_weight,
-            # A callback that `shows_progress` (tfbert.callbacks.ProgressLogger) shows the epochs;
-            # without one, Keras' bar (terminal) or line per epoch.
-            verbose=0 if shows_progress else 1 if sys.stdout.isatty() else 2,
-        )
+        try:
+            history = model.fit(
+                stream_epochs(train_data, self.epochs, skip_batches=done),
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                validation_data=None if validated_by_callback else validation_data,
+                callbacks=[
+                    *callbacks,
+                    nan_guard,
+                    BestCheckpoint(run_dir / "checkpoints", monitor, checkpoint_model),
+                    backup,  # after the best checkpoint: see tfbert.checkpoints
+                    early_stopping,
+                    tf_keras.callbacks.TensorBoard(
+                        log_dir=str(run_dir / "tensorboard"),
+                        update_freq=self.tensorboard_update_freq,
+                        profile_batch=tuple(self.profile_steps) if self.profile_steps else 0,
+                    ),
+                    backup.epoch_end_stop(),
+                ],
+                class_weight=class_weight,
+                # A callback that `shows_progress` (tfbert.callbacks.ProgressLogger) shows the epochs;
+                # without one, Keras' bar (terminal) or line per epoch.
+                verbose=0 if shows_progress else 1 if sys.stdout.isatty() else 2,
+            )
+        finally:  # also when fit raises, where Keras calls no on_train_end
+            backup.release_signals()
         if backup.preempted_at is not None:
             epoch, step, signal_name = backup.preempted_at
             raise Preempted(
