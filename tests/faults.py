@@ -223,7 +223,10 @@ def corrupt_backup(space: Workspace) -> dict:
     """A backup whose data file is damaged is refused, naming it, and left in place."""
     run_dir = space.run_dir("corrupt")
     interrupt_after_first_backup(space.data_file, run_dir, signal.SIGKILL)
-    (data,) = (run_dir / "backup").glob("**/*.data-*")
+    from tfbert.checkpoints import latest_backup
+
+    latest = Path(latest_backup(run_dir / "backup"))  # the backup a rerun reads (a kill can leave an older one)
+    (data,) = latest.parent.glob(latest.name + ".data-*")
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2: len(raw) // 2 + 64] = b"\xff" * 64
     data.write_bytes(bytes(raw))

@@ -142,9 +142,10 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         self._started = time.perf_counter()
         record = Path(self.backup_dir) / TRAIN_SECONDS
         self._seconds_before = json.loads(record.read_text())["train_seconds"] if record.is_file() else 0.0
-        if latest_backup(self.backup_dir) is None:
+        if self._training_state._ckpt_saved_batch.numpy() < 0:  # no step done: nothing, or step 0, restored
             # From the start, so that the run's first best.json never stands without a backup
-            # (which would mark the run finished): step 0, the state training starts from.
+            # (which would mark the run finished): the state training starts from. Every worker
+            # decides alike, whether or not the chief's step-0 backup is already there.
             self._backup(epoch=0, batch=-1)
 
     def train_seconds(self) -> float:
