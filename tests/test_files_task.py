@@ -40,6 +40,17 @@ def test_tsv_parquet_and_integer_labels(tmp_path):
     assert task.provenance["test"].startswith(str(test))
 
 
+def test_a_tsv_is_plain_tab_separated_lines(tmp_path):
+    """No CSV quoting in a TSV (IANA's format, GLUE's files): a `"` is text, never the start
+    of a field that takes in the lines after it."""
+    lines = ['"Great" but long', '"an unbalanced quote opens here', "plain", 'it closes here"'] * 10
+    path = tmp_path / "quotes.tsv"
+    path.write_text("text\tlabel\n" + "".join(f"{line}\t{i % 2}\n" for i, line in enumerate(lines)))
+    task = load_files(str(path))
+    texts = [text for split in task.splits.values() for text in split["text"]]
+    assert sorted(texts) == sorted(lines)
+
+
 def test_sentence_pairs_with_custom_columns(tmp_path):
     rows = [{"premise": f"a {t}", "hypothesis": f"b {t}", "gold": "yes" if i % 2 else "no"}
             for i, (t, _) in enumerate(topic_rows(30))]

@@ -87,7 +87,7 @@ def test_a_text_column_of_another_name(suffix, export_dir, serving, capsys, tmp_
 @pytest.mark.parametrize("name, content", [
     ("gaps.jsonl", '{"text": "a wonderful film"}\n{"text": null}\n'),
     ("gaps.csv", "id,text\n1,a wonderful film\n2,\n"),
-    ("gaps.tsv", 'id\ttext\n1\t"a ""wonderful"" film"\n2\t\n'),
+    ("gaps.tsv", 'id\ttext\n1\ta "wonderful" film\n2\t\n'),  # no quoting in a TSV: quotes are text
 ])
 def test_a_missing_text_is_an_empty_one(name, content, export_dir, serving, capsys, tmp_path):
     source = tmp_path / name
@@ -179,6 +179,16 @@ def test_bad_texts_get_defined_predictions(serving, tmp_path, capsys, export_dir
     np.testing.assert_allclose(huge, prefix, atol=1e-6)  # cut to max_length tokens
     assert predictions[2]["text"] == "caf\ufffd \ufffd\ufffd ok"
     assert len(predictions[4]["text"]) == len(" ".join(words)) > 100_000
+
+
+def test_a_tsv_is_read_without_quoting_and_a_file_not_in_utf8_is_named(export_dir, capsys, tmp_path):
+    source = tmp_path / "quotes.tsv"
+    texts = ['"Great" but long', '"unbalanced', "plain", 'caf\xe9 cr\xe8me']
+    source.write_bytes(("id\ttext\n" + "".join(f"{i}\t{text}\n" for i, text in enumerate(texts))).encode("latin-1"))
+    main([str(export_dir), "--input", str(source), "--output", str(tmp_path / "out.jsonl")])
+    predictions = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [prediction["text"] for prediction in predictions] == [*texts[:3], "caf\ufffd cr\ufffdme"]
+    assert f"warning: --input {source}, line 5: bytes b'\\xe9' are not UTF-8" in capsys.readouterr().err
 
 
 def test_non_utf8_command_line_bytes(export_dir, capsys, tmp_path):

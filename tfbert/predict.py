@@ -7,12 +7,13 @@
 <export> is a version directory (`.../sentiment/1`) or the directory holding the
 versions (`.../sentiment`: the highest is used). Inputs, as task=files reads them:
     .txt            one text per line (blank lines are empty texts, so lines and outputs align)
-    .csv, .tsv      a header row with a `text` column (and `text_pair` for pair models)
+    .csv, .tsv      a header row with a `text` column (and `text_pair` for pair models); a .tsv
+                    is plain tab-separated lines, without quoting (a `"` is text)
     .jsonl, .json   one object per line, or (.json) an array of objects, with a `text` key
                     (and `text_pair`)
     .parquet        a table with a `text` column (and `text_pair`); needs pyarrow
 --text-column and --text-pair-column name other columns (as task.text_column does); an
-empty cell or a null is an empty text.
+empty cell or a null is an empty text. Bytes that are not UTF-8 are dropped, with a warning.
 Prints `label<TAB>probability<TAB>text` per text (`value<TAB>text` for regression; for
 multi-label, the labels at or above the threshold, comma-separated, `-` for none);
 --output also writes, for each text, its input texts, every output of the signature
@@ -86,17 +87,25 @@ def read_inputs(path: Path, columns: list[str], names: dict[str, str] | None = N
         rows = parquet_rows(path, list(names.values()))
     else:
         content = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # as spreadsheet programs save "UTF-8"
+        try:
+            content.decode("utf-8")
+        except UnicodeDecodeError as error:  # classified all the same, as the export does any string
+            line = content[: error.start].count(b"\n") + 1
+            print(f"tfbert.predict: warning: --input {path}, line {line}: bytes {content[error.start:error.end]!r} "
+                  "are not UTF-8 (the file may be in another encoding): such bytes are dropped from the texts; "
+                  "save the file as UTF-8", file=sys.stderr)
         if path.suffix == ".txt":
             if columns != ["text"]:
                 raise InvalidInput(f"--input {path}: this model reads {columns}; give a file with those columns")
             return {"text": content.splitlines()}
         text = content.decode("utf-8", errors="replace")
+        if path.suffix == ".csv" and (line := unclosed_quote(text)) is not None:
+            raise InvalidInput(f"--input {path}, line {line}: a quoted field is never closed (it would take in "
+                               "every row after it)")
         if path.suffix in (".csv", ".tsv"):
-            delimiter = "," if path.suffix == ".csv" else "\t"
-            if (line := unclosed_quote(text, delimiter)) is not None:
-                raise InvalidInput(f"--input {path}, line {line}: a quoted field is never closed (it would take in "
-                                   "every row after it)")
-            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
+            # A TSV is plain tab-separated lines, as task=files reads it: a `"` is text.
+            dialect = {"delimiter": ","} if path.suffix == ".csv" else {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+            rows = list(csv.DictReader(io.StringIO(text, newline=""), **dialect))
             found = rows[0].keys() if rows else []
             if rows and (missing := [name for name in names.values() if name not in found]):
                 raise InvalidInput(f"--input {path}: no column {missing} in the header; found {list(found)}{RENAME_HINT}")
@@ -109,17 +118,17 @@ def read_inputs(path: Path, columns: list[str], names: dict[str, str] | None = N
 RENAME_HINT = " (--text-column / --text-pair-column name the file's columns)"
 
 
-def unclosed_quote(text: str, delimiter: str) -> int | None:
-    """The line where a quoted field starts that the end of `text` cuts off, or None. (The csv
-    module reads such a field to the end of the file, taking in the rows after it.)"""
+def unclosed_quote(text: str) -> int | None:
+    """The line where a quoted field starts that the end of CSV `text` cuts off, or None. (The
+    csv module reads such a field to the end of the file, taking in the rows after it.)"""
     lines = io.StringIO(text, newline="").readlines()
-    reader = csv.reader(lines, delimiter=delimiter)
+    reader = csv.reader(lines)
     starts = [0]
     for _ in reader:
         starts.append(reader.line_num)
     last = lines[starts[-2]:] if len(starts) > 1 else []
     try:
-        list(csv.reader(last, delimiter=delimiter, strict=True))
+        list(csv.reader(last, strict=True))
     except csv.Error as error:
         if "unexpected end of data" in str(error):
             return starts[-2] + 1

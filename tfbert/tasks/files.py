@@ -4,6 +4,7 @@ Files are read by `datasets`; tokenizing the same rows with the same tokenizer a
 is served from tfbert.preprocessing's cache of token ids.
 """
 
+import csv
 from pathlib import Path
 
 import datasets
@@ -11,10 +12,11 @@ import datasets
 from tfbert.tasks.labeled import build_task
 from tfbert.tasks.task_data import InvalidTaskData, TaskData
 
-# suffix -> (datasets builder, its options)
+# suffix -> (datasets builder, its options). A TSV is plain tab-separated lines, as IANA
+# defines it and GLUE's files are: a `"` is part of the text, not a quote.
 FORMATS = {
     ".csv": ("csv", {}),
-    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}),
     ".jsonl": ("json", {}),
     ".json": ("json", {}),
     ".parquet": ("parquet", {}),
