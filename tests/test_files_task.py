@@ -51,6 +51,12 @@ def test_a_tsv_is_plain_tab_separated_lines(tmp_path):
     assert sorted(texts) == sorted(lines)
 
 
+def test_spaces_around_a_class_name_do_not_make_another_class(tmp_path):
+    rows = [(text, [" pos", "pos ", "neg", "neg\t"][i % 4]) for i, (text, _) in enumerate(topic_rows(40))]
+    task = load_files(str(write_csv(tmp_path / "train.csv", rows)))
+    assert task.label_names == ("neg", "pos")
+
+
 def test_sentence_pairs_with_custom_columns(tmp_path):
     rows = [{"premise": f"a {t}", "hypothesis": f"b {t}", "gold": "yes" if i % 2 else "no"}
             for i, (t, _) in enumerate(topic_rows(30))]

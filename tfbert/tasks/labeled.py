@@ -197,8 +197,8 @@ def _label_encoder(problem_type, train_labels, label_names, separator, feature, 
         return _LabelEncoder([column], datasets.Value("float32"), to_float)
 
     def cell_names(value):
-        if problem_type == "single_label":
-            return [_class_name(value, feature)]
+        if problem_type == "single_label":  # a class name is trimmed of spaces, as each multi-label one is
+            return [_class_name(value.strip() if isinstance(value, str) else value, feature)]
         if not isinstance(value, (str, list, tuple, np.ndarray)):
             raise ValueError(f"multi-label labels must be lists or {separator!r}-separated strings")
         items = value.split(separator) if isinstance(value, str) else list(value)
