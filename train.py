@@ -18,7 +18,8 @@ def main(cfg: DictConfig) -> float:
     except (ConfigError, RunDirInUse) as error:  # the message says what to change: no traceback needed
         raise SystemExit(f"tfbert: {error}") from None
     except KeyboardInterrupt:  # Ctrl-C outside training (which saves a backup and stops itself)
-        raise SystemExit("tfbert: interrupted; the same command continues the run") from None
+        raise SystemExit(f"tfbert: interrupted; the same command continues the run in its run dir: "
+                         f"add hydra.run.dir={cfg.run_dir}") from None
 
 
 if __name__ == "__main__":

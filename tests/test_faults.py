@@ -222,7 +222,7 @@ def test_an_epoch_cut_short_is_not_checkpointed(tmp_path):
     ids = np.full((4, 6), 1000, np.int32)
     tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     train = tf.data.Dataset.from_tensor_slices((tokens, np.array([0, 1, 0, 1], np.int32))).batch(2)
-    with pytest.raises(Preempted, match="stopped on SIGTERM at epoch 1, step 1"):
+    with pytest.raises(Preempted, match=f"stopped on SIGTERM at epoch 1, step 1; .* \\(add hydra.run.dir={tmp_path}\\)$"):
         Trainer(epochs=2).fit(tiny_classifier(), create_adamw(num_train_steps=4), *loss_and_metrics("single_label"),
                               train, 2, train, tmp_path, callbacks=[TermAtFirstStep(), Validator()])
     assert not (tmp_path / "checkpoints" / "best.json").exists()

@@ -316,7 +316,7 @@ class Trainer:
             epoch, step, signal_name = backup.preempted_at
             raise Preempted(
                 f"stopped on {signal_name} at epoch {epoch + 1}, step {step + 1}; the backup in {backup_dir} "
-                "resumes it: run the same command with the same run_dir"
+                f"resumes it: rerun the same command in the same run dir (add hydra.run.dir={backup_dir.parent})"
             )
         if nan_guard.stopped_at is not None:
             epoch, step = nan_guard.stopped_at
