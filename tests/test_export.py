@@ -191,6 +191,31 @@ def test_outputs_follow_the_problem_type(problem_type, num_outputs, outputs, tin
     assert served["label"].numpy().tolist() == [label_names[i].encode() for i in logits.argmax(axis=1)]
 
 
+@pytest.mark.parametrize("problem_type, text_columns", [("regression", ("text",)), ("single_label", ("text", "text_pair"))])
+def test_the_model_cards_python_and_predict_lines_fit_the_export(problem_type, text_columns, tiny_backbone, tokenizer,
+                                                                   tmp_path):
+    """A regression export has no label (its card reads the value); a pair model needs an --input file."""
+    from types import SimpleNamespace
+
+    num_outputs = 1 if problem_type == "regression" else 2
+    head = MeanPoolingHead(num_outputs=num_outputs, hidden_units=[8], activation="relu")
+    model = build_classifier(tiny_backbone, head)
+    module = ServingModule(model, InGraphTokenizer.from_tokenizer(tokenizer, MAX_LENGTH), ["a", "b"][:num_outputs],
+                           text_columns, problem_type=problem_type)
+    task = SimpleNamespace(name="reviews", problem_type=problem_type, label_names=["a", "b"][:num_outputs], max_length=MAX_LENGTH)
+    tf.saved_model.save(module, str(tmp_path), signatures=module.signatures())
+    loaded = tf.saved_model.load(str(tmp_path))
+    card = ModelCard.describe(model, task, MINILM).render(loaded, "reviews")
+    python = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    outputs = loaded.signatures["serving_default"].structured_outputs
+    assert re.findall(r'outputs\["(\w+)"\]', python) and all(name in outputs for name in re.findall(r'outputs\["(\w+)"\]', python))
+    assert "hidden layers [8] with relu" in card
+    if problem_type == "regression":
+        assert card.startswith("# reviews: reviews regression") and 'outputs["value"]' in python
+    else:
+        assert "tfbert.predict <this directory> --input pairs.csv` (columns `text` and `text_pair`)" in card
+
+
 def test_the_export_holds_the_layers_weights_not_gradient_accumulators(tokenizer):
     """A model trained with gradient accumulation also holds its accumulators: they are not
     what serving computes with, and would double the export's size."""

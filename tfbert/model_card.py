@@ -53,7 +53,8 @@ class ModelCard:
                 f"{backbone_name} ({config.model_type}, {config.num_hidden_layers} layers, "
                 f"hidden size {config.hidden_size}, vocabulary {config.vocab_size})"
             ),
-            head=f"{type(head).__name__} (dropout {head.dropout})",
+            head=f"{type(head).__name__} (dropout {head.dropout}"
+                 + (f", hidden layers {list(head.hidden_units)} with {head.activation})" if head.hidden_units else ")"),
             max_length=task.max_length,
             metrics=(metrics or {}).get("test"),
             branches=branches,
@@ -81,12 +82,19 @@ class ModelCard:
             "feed-forward units cut in runs), which TensorFlow runs side by side on its inter-op threads."
             if self.branches > 1 else "The encoder runs as one chain of ops (exported with branches 1)."
         )
+        # The snippet reads what this export outputs: label and probabilities, or a regression value.
+        answer = ", ".join(f'outputs["{name}"]' for name in ("label", "probabilities", "value") if name in outputs)
+        predict = (
+            '`python -m tfbert.predict <this directory> "some text"`' if text_columns == ["text"]
+            else "`python -m tfbert.predict <this directory> --input pairs.csv` (columns `text` and `text_pair`)"
+        )
         signatures = "\n".join(
             f"- `{key}`: {_describe(function.structured_input_signature[1])} -> "
             f"{_describe(function.structured_outputs)}"
             for key, function in sorted(saved_model.signatures.items())
         )
-        return f"""# {model_name}: {self.task} text classifier
+        kind = "regression" if self.problem_type == "regression" else "text classifier"
+        return f"""# {model_name}: {self.task} {kind}
 
 | | |
 |---|---|
@@ -138,10 +146,10 @@ import tensorflow_text  # noqa: F401  registers the tokenizer ops
 
 model = tf.saved_model.load("<this directory>")
 outputs = model.signatures["serving_default"]({", ".join(f'{name}=tf.constant([...])' for name in text_columns)})
-outputs["label"], outputs["probabilities"]
+{answer}
 ```
 
-or `python -m tfbert.predict <this directory> "some text"`.
+or {predict}.
 """
 
 
