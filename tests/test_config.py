@@ -178,6 +178,12 @@ def test_config_group_names_the_key_of_a_bad_value(message, named):
     assert str(raised.value) == named
 
 
+def test_a_hub_out_of_reach_is_one_line_too():
+    with pytest.raises(ConfigError, match=r"^task: Couldn't reach 'glue'\. Use task=files$"), \
+            config_group("task", {"path": "glue"}):
+        raise ConnectionError("Couldn't reach 'glue'. Use task=files")
+
+
 def test_a_bad_value_hydra_wraps_is_named_too():
     with pytest.raises(ConfigError, match=r"^trainer.epochs must be a positive integer, got 0$"), \
             config_group("trainer", {"epochs": 3}):

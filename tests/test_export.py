@@ -279,6 +279,20 @@ def test_export_cli_rebuilds_the_trained_model(finished_run, tokenizer, capsys):
         main([f"run_dir={run_dir}", "export.version=0"])  # one line, naming the key
 
 
+def test_export_cli_names_a_model_dir_moved_since_in_one_line(finished_run, tmp_path):
+    import shutil
+
+    moved = tmp_path / "run"
+    shutil.copytree(finished_run[0], moved)
+    config = OmegaConf.load(moved / "config.yaml")
+    config.model.name_or_path = "/nowhere/bert"
+    OmegaConf.save(config, moved / "config.yaml")
+    with pytest.raises(SystemExit) as stopped:
+        main([f"run_dir={moved}"])
+    assert str(stopped.value).startswith("tfbert.export: model '/nowhere/bert': expected a directory")
+    assert "\n" not in str(stopped.value) and "Error in call to target" not in str(stopped.value)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -47,11 +47,16 @@ class ConfigError(ValueError):
 UNKNOWN_ARGUMENT = ("unexpected keyword argument", "Keyword argument not understood")
 
 
+# What building a group raises for a value that cannot work: a bad value, a file that is not
+# there, a key the constructor does not take, a hub that is out of reach (task=hub, sst2, ...).
+NAMED_ERRORS = (ValueError, FileNotFoundError, TypeError, ConnectionError)
+
+
 @contextmanager
 def config_group(group: str, keys) -> Iterator[None]:
     """Raise a ValueError (or a FileNotFoundError: a path that is not there) from building
     config group `group` (its `keys`) as a ConfigError that names the key: `dropout must
-    be ...` from the head becomes `head.dropout must be ...`. A key the config leaves `???`
+    be ...` from the head becomes `head.dropout must be ...` (a ConnectionError: `task: ...`). A key the config leaves `???`
     (task.train_file of task=files) is named the same way, and so is a key the constructor
     does not take (`+head.dropuot=0.2`: a TypeError that Python or Keras raise)."""
     try:
@@ -62,9 +67,9 @@ def config_group(group: str, keys) -> Iterator[None]:
         raise ConfigError(
             f"{error.full_key} has no value (it is ??? in the config); set it: {error.full_key}=..."
         ) from None
-    except (ValueError, FileNotFoundError, TypeError, InstantiationException) as error:
+    except (*NAMED_ERRORS, InstantiationException) as error:
         if isinstance(error, InstantiationException):  # Hydra's wrapper around what the constructor raised
-            if not isinstance(error.__cause__, (ValueError, FileNotFoundError, TypeError)):
+            if not isinstance(error.__cause__, NAMED_ERRORS):
                 raise
             error = error.__cause__
         if isinstance(error, TypeError):

@@ -298,6 +298,8 @@ def main(argv: list[str]) -> None:
     try:
         print(export_run(arguments["run_dir"], **export_args))
     except (FileExistsError, FileNotFoundError, ValueError, InstantiationException) as error:
+        if isinstance(error, InstantiationException) and error.__cause__ is not None:
+            error = error.__cause__  # what the constructor said, without Hydra's wrapping
         raise SystemExit(f"tfbert.export: {error}") from None
 
 
