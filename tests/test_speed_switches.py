@@ -210,4 +210,5 @@ def test_backups_follow_steps_not_callback_calls(steps_per_execution, tmp_path, 
     trainer = Trainer(epochs=1, backup_every_steps=4, steps_per_execution=steps_per_execution)
     trainer.fit(tiny_classifier(), create_adamw(num_train_steps=16), *loss_and_metrics("single_label"),
                 batches(16, 2), 16, batches(1, 2), tmp_path)
-    assert saved_at == [3, 7, 11, 15]  # every 4 steps; the last step's at the epoch's end (after validation)
+    # before the first step (-1: none done), every 4 steps; the last step's at the epoch's end (after validation)
+    assert saved_at == [-1, 3, 7, 11, 15]

@@ -82,8 +82,9 @@ class ModelCard:
             "feed-forward units cut in runs), which TensorFlow runs side by side on its inter-op threads."
             if self.branches > 1 else "The encoder runs as one chain of ops (exported with branches 1)."
         )
-        # The snippet reads what this export outputs: label and probabilities, or a regression value.
-        answer = ", ".join(f'outputs["{name}"]' for name in ("label", "probabilities", "value") if name in outputs)
+        # The snippet reads what this export outputs: label and probabilities (and multi-label's
+        # predicted), or a regression value.
+        answer = ", ".join(f'outputs["{name}"]' for name in ("label", "probabilities", "predicted", "value") if name in outputs)
         predict = (
             '`python -m tfbert.predict <this directory> "some text"`' if text_columns == ["text"]
             else "`python -m tfbert.predict <this directory> --input pairs.csv` (columns `text` and `text_pair`)"

@@ -13,7 +13,8 @@ versions (`.../sentiment`: the highest is used). Inputs, as task=files reads the
                     (and `text_pair`)
     .parquet        a table with a `text` column (and `text_pair`); needs pyarrow
 --text-column and --text-pair-column name other columns (as task.text_column does); an
-empty cell or a null is an empty text. Bytes that are not UTF-8 are dropped, with a warning.
+empty cell or a null is an empty text. Bytes that are not UTF-8 read as U+FFFD in the texts
+written and do not reach the model; a warning names the first.
 Prints `label<TAB>probability<TAB>text` per text (`value<TAB>text` for regression; for
 multi-label, the labels at or above the threshold, comma-separated, `-` for none);
 --output also writes, for each text, its input texts, every output of the signature
@@ -92,8 +93,8 @@ def read_inputs(path: Path, columns: list[str], names: dict[str, str] | None = N
         except UnicodeDecodeError as error:  # classified all the same, as the export does any string
             line = content[: error.start].count(b"\n") + 1
             print(f"tfbert.predict: warning: --input {path}, line {line}: bytes {content[error.start:error.end]!r} "
-                  "are not UTF-8 (the file may be in another encoding): such bytes are dropped from the texts; "
-                  "save the file as UTF-8", file=sys.stderr)
+                  "are not UTF-8 (the file may be in another encoding): such bytes read as U+FFFD and do not reach "
+                  "the model; save the file as UTF-8", file=sys.stderr)
         if path.suffix == ".txt":
             if columns != ["text"]:
                 raise InvalidInput(f"--input {path}: this model reads {columns}; give a file with those columns")
