@@ -57,6 +57,15 @@ def test_spaces_around_a_class_name_do_not_make_another_class(tmp_path):
     assert task.label_names == ("neg", "pos")
 
 
+def test_a_line_that_is_not_json_is_named(tmp_path):
+    lines = [json.dumps({"text": f"t{i}", "label": i % 2}) for i in range(20)]
+    lines[12] = '{"text": "cut off", "label": '
+    path = tmp_path / "broken.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InvalidTaskData, match=rf"^{path}, line 13: not JSON \(Expecting value"):
+        load_files(str(path))
+
+
 def test_sentence_pairs_with_custom_columns(tmp_path):
     rows = [{"premise": f"a {t}", "hypothesis": f"b {t}", "gold": "yes" if i % 2 else "no"}
             for i, (t, _) in enumerate(topic_rows(30))]

@@ -5,6 +5,7 @@ is served from tfbert.preprocessing's cache of token ids.
 """
 
 import csv
+import json
 from pathlib import Path
 
 import datasets
@@ -70,7 +71,24 @@ def read_table(path: Path) -> datasets.Dataset:
         cause = error.__cause__ or error
         if "corresponds to no data" in str(cause):  # a CSV header and nothing else
             raise InvalidTaskData(f"{path} has a header but no rows") from None
+        if builder == "json" and (bad := not_json_line(content)):  # the parser names a byte position only
+            raise InvalidTaskData(f"{path}, {bad}") from None
         raise InvalidTaskData(f"{path} could not be read as {builder}: {cause}") from None
     if len(table) == 0:
         raise InvalidTaskData(f"{path} has a header but no rows")
     return table
+
+
+def not_json_line(content: bytes) -> str | None:
+    """`line N: not JSON (why)` for the first line of a JSON Lines file that is not JSON; None
+    for a file whose lines all are, or a JSON array (its parser's position is the place)."""
+    text = content.decode("utf-8")
+    if text.lstrip().startswith("["):
+        return None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as error:
+                return f"line {number}: not JSON ({error})"
+    return None
