@@ -45,6 +45,7 @@ class ModelCard:
         """The card of `model`, a classifier built by tfbert.classifier.build_classifier."""
         (head,) = [layer for layer in model.layers if isinstance(layer, ClassificationHead)]
         (config,) = [layer.config for layer in model.layers if hasattr(layer, "config")]
+        hidden = f", hidden layers {list(head.hidden_units)} with {head.activation}" if head.hidden_units else ""
         return cls(
             task=task.name,
             problem_type=task.problem_type,
@@ -53,8 +54,7 @@ class ModelCard:
                 f"{backbone_name} ({config.model_type}, {config.num_hidden_layers} layers, "
                 f"hidden size {config.hidden_size}, vocabulary {config.vocab_size})"
             ),
-            head=f"{type(head).__name__} (dropout {head.dropout}"
-                 + (f", hidden layers {list(head.hidden_units)} with {head.activation})" if head.hidden_units else ")"),
+            head=f"{type(head).__name__} (dropout {head.dropout}{hidden})",
             max_length=task.max_length,
             metrics=(metrics or {}).get("test"),
             branches=branches,
