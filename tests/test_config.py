@@ -160,9 +160,10 @@ def test_unknown_choice_lists_valid_ones(group):
 
 
 def test_a_bad_value_is_one_line_naming_its_key(snippets_file, tmp_path):
-    result = train_py("model=tiny", f"task.data_file={snippets_file}", "head.dropout=2", f"run_dir={tmp_path}")
+    result = train_py("model=tiny", f"task.data_file={snippets_file}", "head.dropout=2", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "tfbert: head.dropout must be a rate in [0, 1), got 2"
+    assert (tmp_path / "train.log").read_text().strip().endswith("tfbert: head.dropout must be a rate in [0, 1), got 2")
     assert "token ids" not in result.stdout + result.stderr  # it failed before tokenizing
 
 

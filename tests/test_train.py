@@ -1,6 +1,7 @@
 """End to end: tfbert.train.run on the composed config, as `python train.py` runs it."""
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import tensorflow as tf
 
 from tests.conftest import compose_config, scalars
 from tfbert.checks import ConfigError
-from tfbert.train import run
+from tfbert.train import failures_logged, run
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +222,24 @@ def test_a_monitor_the_run_does_not_log_is_named_before_feature_extraction(snipp
     with pytest.raises(ConfigError, match=message):
         run(cfg)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_what_ends_a_run_early_is_in_its_log_file_too(tmp_path, capsys):
+    """An exit message and an exception's traceback reach the run's log file (Hydra's
+    train.log), and only it: the console shows them as Python does, once."""
+    log_file = logging.FileHandler(tmp_path / "train.log")
+    logging.getLogger().addHandler(log_file)
+    try:
+        with pytest.raises(SystemExit), failures_logged():
+            raise SystemExit("tfbert: stopped on SIGTERM at epoch 1, step 3")
+        with pytest.raises(ZeroDivisionError), failures_logged():
+            1 / 0
+        with pytest.raises(SystemExit), failures_logged():
+            raise SystemExit(0)  # a clean exit: nothing to record
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    assert lines[0] == "tfbert: stopped on SIGTERM at epoch 1, step 3"
+    assert lines[1] == "Traceback (most recent call last):" and lines[-1] == "ZeroDivisionError: division by zero"
+    assert "SIGTERM" not in capsys.readouterr().err

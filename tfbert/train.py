@@ -1,6 +1,8 @@
 """run(cfg): one fine-tuning run, from task data to metrics.json and a SavedModel."""
 
+import contextlib
 import logging
+import traceback
 from pathlib import Path
 
 import tensorflow as tf
@@ -25,6 +27,29 @@ from tfbert.run_dir import check_run_dir
 from tfbert.tasks import TaskData
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def failures_logged():
+    """What ends a run early (an exit message, an exception's traceback) is also written to
+    the run's log files (Hydra's train.log); the console shows it as Python does."""
+    try:
+        yield
+    except SystemExit as error:
+        if error.code not in (None, 0):
+            write_to_log_files(str(error.code))
+        raise
+    except BaseException:
+        write_to_log_files(traceback.format_exc().rstrip())
+        raise
+
+
+def write_to_log_files(message: str) -> None:
+    """`message` as an ERROR record to the root logger's file handlers only (not the console's)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def run(cfg: DictConfig) -> dict:
