@@ -141,3 +141,15 @@ def test_runs_whose_overrides_hold_paths(tmp_path):
     assert (tmp_path / "0_head=pooler,task.data_file=" / "data").is_dir()
     table = compare(tmp_path)["md"].read_text()
     assert "| pooler | 1 | 0.8000 |" in table and "| mean | 1 | 0.8000 |" in table
+
+
+def test_a_multi_label_sweep_compares_subset_accuracy_and_micro_scores(tmp_path):
+    for number, (head, seed) in enumerate((head, seed) for head in ("pooler", "mean") for seed in (1, 2)):
+        scores = {"subset_accuracy": 0.5 + 0.1 * seed, "f1_micro": 0.7, "f1_macro": 0.6, "precision_micro": 0.8,
+                  "recall_micro": 0.6, "threshold": 0.5}
+        fake_run(tmp_path, number, ["task=files", f"head={head}", f"seed={seed}"],
+                 {"validation": scores, "test": scores, "train_seconds": 5.0})
+    table = compare(tmp_path)["md"].read_text().splitlines()
+    assert table[0] == ("| head | runs | test macro F1 | test subset accuracy | test micro F1 | test micro precision | "
+                        "test micro recall | training seconds |")
+    assert table[2].startswith("| pooler | 2 | 0.6000 ± 0.0000 | 0.6500 ± 0.0707 | 0.7000 ± 0.0000 |")

@@ -17,6 +17,14 @@ def test_warmup_then_linear_decay_to_zero():
     assert values == pytest.approx([0.0, 5e-4, 1e-3, 5e-4, 0.0], abs=1e-9)
 
 
+@pytest.mark.parametrize("ratio, warmup_steps", [(0.29, 29), (0.57, 57), (0.1, 10), (0.125, 12)])
+def test_warmup_takes_the_whole_steps_of_its_share(ratio, warmup_steps):
+    """0.29 * 100 computes 28.999...: still 29 warmup steps (the peak at step 29)."""
+    schedule = warmup_linear_decay(1.0, num_train_steps=100, warmup_ratio=ratio)
+    values = [float(schedule(step)) for step in range(101)]
+    assert values.index(max(values)) == warmup_steps
+
+
 def test_no_warmup():
     schedule = warmup_linear_decay(1e-3, num_train_steps=10, warmup_ratio=0.0)
     assert float(schedule(0)) == pytest.approx(1e-3) and float(schedule(10)) == 0.0

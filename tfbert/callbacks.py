@@ -266,7 +266,8 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         probabilities = tf.nn.softmax(logits).numpy()  # (examples, classes)
         predicted = probabilities.argmax(axis=-1)
         classes = list(range(len(self.label_names)))
-        f1_macro = f1_score(self.labels, predicted, labels=classes, average="macro", zero_division=0)
+        # Over the classes the labels or predictions hold, as tfbert.evaluation's f1_macro.
+        f1_macro = f1_score(self.labels, predicted, average="macro", zero_division=0)
         if logs is not None:
             if self.validates:
                 logs.update(self.validation_logs(logits))

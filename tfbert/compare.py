@@ -34,12 +34,16 @@ COLUMNS = (
     ("test macro F1", ("test", "f1_macro")),
     ("test macro precision", ("test", "precision_macro")),
     ("test macro recall", ("test", "recall_macro")),
+    ("test subset accuracy", ("test", "subset_accuracy")),  # multi-label tasks
+    ("test micro F1", ("test", "f1_micro")),
+    ("test micro precision", ("test", "precision_micro")),
+    ("test micro recall", ("test", "recall_micro")),
     ("test Pearson r", ("test", "pearson")),  # regression tasks
     ("test Spearman rho", ("test", "spearman")),
     ("test MSE", ("test", "mse")),
     ("training seconds", ("train_seconds",)),
 )
-CHARTED = ("test accuracy", "test macro F1", "test Pearson r", "test Spearman rho")
+CHARTED = ("test accuracy", "test macro F1", "test subset accuracy", "test micro F1", "test Pearson r", "test Spearman rho")
 REPEATS = ("seed",)  # overrides that repeat a configuration rather than change it
 
 

@@ -29,17 +29,22 @@ def _per_class(precision, recall, f1, support, label_names) -> dict:
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray, label_names) -> dict:
-    """Single-label: accuracy, macro precision/recall/F1, per-class scores, confusion matrix."""
+    """Single-label: accuracy, macro precision/recall/F1, per-class scores, confusion matrix.
+
+    The macro averages are over the classes the labels or predictions hold (as scikit-learn's
+    own): a class a split lacks and no example is predicted as has no score to average.
+    """
     predicted = logits.argmax(axis=-1)
     classes = list(range(len(label_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=classes, zero_division=0
     )
+    present = np.isin(classes, np.union1d(labels, predicted))
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
-        "f1_macro": float(f1.mean()),
-        "precision_macro": float(precision.mean()),
-        "recall_macro": float(recall.mean()),
+        "f1_macro": float(f1[present].mean()),
+        "precision_macro": float(precision[present].mean()),
+        "recall_macro": float(recall[present].mean()),
         "per_class": _per_class(precision, recall, f1, support, label_names),
         # rows: true label, columns: predicted label, both in label_names order
         "confusion_matrix": confusion_matrix(labels, predicted, labels=classes).tolist(),
@@ -48,15 +53,19 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray, label_names) 
 
 
 def multi_label_metrics(labels: np.ndarray, logits: np.ndarray, label_names, threshold: float) -> dict:
-    """Multi-label: micro/macro F1, subset accuracy, per-class scores at `threshold`."""
+    """Multi-label: micro/macro F1, subset accuracy, per-class scores at `threshold`.
+
+    The macro F1 is over the classes some example holds or is predicted to hold.
+    """
     predicted = (1 / (1 + np.exp(-logits)) >= threshold).astype(int)
     truth = labels.astype(int)
     micro = precision_recall_fscore_support(truth, predicted, average="micro", zero_division=0)
     precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, zero_division=0)
+    present = (truth | predicted).any(axis=0)
     return {
         "subset_accuracy": float(accuracy_score(truth, predicted)),
         "f1_micro": float(micro[2]),
-        "f1_macro": float(f1.mean()),
+        "f1_macro": float(f1[present].mean()) if present.any() else 0.0,
         "precision_micro": float(micro[0]),
         "recall_micro": float(micro[1]),
         "per_class": _per_class(precision, recall, f1, support, label_names),

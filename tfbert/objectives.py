@@ -3,6 +3,7 @@
 import math
 from collections.abc import Iterable
 
+import tensorflow as tf
 import tf_keras
 
 
@@ -18,15 +19,24 @@ def loss_and_metrics(problem_type: str, threshold: float = 0.5) -> tuple[tf_kera
             [tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
     if problem_type == "multi_label":
-        # a probability threshold t on sigmoid(logit) is the logit threshold log(t / (1 - t))
-        logit_threshold = math.log(threshold / (1 - threshold))
-        return (
-            tf_keras.losses.BinaryCrossentropy(from_logits=True),
-            [tf_keras.metrics.BinaryAccuracy(name="accuracy", threshold=logit_threshold)],
-        )
+        return tf_keras.losses.BinaryCrossentropy(from_logits=True), [label_accuracy(threshold)]
     if problem_type == "regression":
         return tf_keras.losses.MeanSquaredError(), [tf_keras.metrics.MeanAbsoluteError(name="mae")]
     raise ValueError(f"problem_type must be single_label, multi_label or regression, got {problem_type!r}")
+
+
+def label_accuracy(threshold: float) -> tf_keras.metrics.Metric:
+    """Multi-label `accuracy`: the share of (example, class) decisions right, a class
+    predicted where its probability >= threshold, as tfbert.evaluation and the export decide
+    (Keras' BinaryAccuracy decides by >)."""
+    # a probability threshold t on sigmoid(logit) is the logit threshold log(t / (1 - t))
+    logit_threshold = math.log(threshold / (1 - threshold))
+
+    def accuracy(labels, logits):
+        predicted = tf.cast(logits >= logit_threshold, logits.dtype)
+        return tf.reduce_mean(tf.cast(tf.equal(tf.cast(labels, logits.dtype), predicted), tf.float32), axis=-1)
+
+    return tf_keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")
 
 
 def checkpoint_monitor(monitor: str | None, reported: Iterable[str]) -> str:

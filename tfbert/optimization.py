@@ -1,6 +1,7 @@
 """AdamW with linear warmup and linear decay to zero, as BERT was fine-tuned; optionally
 with layer-wise learning-rate decay (lower encoder layers learn more slowly)."""
 
+import math
 import re
 from contextlib import contextmanager
 
@@ -277,7 +278,8 @@ def warmup_linear_decay(
         raise ValueError(f"num_train_steps must be positive, got {num_train_steps}")
     if not is_number(warmup_ratio) or not 0 <= warmup_ratio < 1:
         raise ValueError(f"warmup_ratio must be a number in [0, 1), got {warmup_ratio!r}")
-    warmup_steps = int(warmup_ratio * num_train_steps)
+    # The whole steps in that share; rounded first, as 0.29 * 100 computes 28.999...
+    warmup_steps = math.floor(round(warmup_ratio * num_train_steps, 6))
     decay = tf_keras.optimizers.schedules.PolynomialDecay(
         learning_rate, decay_steps=num_train_steps - warmup_steps, end_learning_rate=0.0
     )
