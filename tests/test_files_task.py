@@ -269,7 +269,54 @@ def test_a_misspelt_problem_type_is_named_before_the_labels_are_read(tmp_path):
         load_files(str(write_csv(tmp_path / "train.csv", topic_rows())), problem_type="regresion")
 
 
-def test_multi_label_cells_that_are_single_numbers_are_named(tmp_path):
-    rows = [(f"text {i}", i % 3) for i in range(30)]  # integers read from CSV: not lists, not strings
-    with pytest.raises(InvalidTaskData, match=r"row 1: label 0: multi-label labels must be lists or ','-separated strings"):
-        load_files(str(write_csv(tmp_path / "train.csv", rows)), problem_type="multi_label")
+def test_multi_label_cells_read_as_numbers_are_class_names(tmp_path):
+    """A validation file whose cells each hold one tag reads as integers, a train file with
+    `1,3` cells as strings: `1` is the class `1` in both."""
+    train = write_csv(tmp_path / "train.csv", [(f"text {i}", ["1", "2", "1,3", "2,3"][i % 4]) for i in range(40)])
+    validation = write_csv(tmp_path / "validation.csv", [(f"held {i}", [1, 2, 3][i % 3]) for i in range(9)])
+    task = load_files(str(train), validation_file=str(validation), problem_type="multi_label")
+    assert task.label_names == ("1", "2", "3")
+    assert [tuple(label) for label in task.splits["validation"]["label"][:3]] == [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
+
+
+def test_words_pandas_takes_for_missing_are_texts_and_classes(tmp_path):
+    """Only an empty cell is missing in a CSV or TSV: `NA`, `None`, `null`, `nan` are text (as
+    tfbert.predict reads them) and class names."""
+    words = ["NA", "None", "null", "nan", "N/A"]
+    rows = [(words[i % 5] if i % 2 else f"text {i}", ["None", "spam", "NA"][i % 3]) for i in range(60)]
+    for suffix, sep in ((".csv", ","), (".tsv", "\t")):
+        task = load_files(str(write_csv(tmp_path / f"train{suffix}", rows, sep=sep)))
+        assert task.label_names == ("NA", "None", "spam")
+        assert sorted(text for split in task.splits.values() for text in split["text"]) == sorted(text for text, _ in rows)
+
+
+def test_an_empty_multi_label_cell_is_a_row_without_labels(tmp_path):
+    rows = [(f"news {i}", ["", "sports", "tech", "sports,tech"][i % 4]) for i in range(40)]
+    task = load_files(str(write_csv(tmp_path / "tags.csv", rows)), problem_type="multi_label")
+    assert sum(map(len, task.splits.values())) == 40
+    assert sum(1 for split in task.splits.values() for label in split["label"] if not any(label)) == 10
+
+
+def test_a_label_error_after_dropped_rows_names_the_files_row(tmp_path):
+    rows = [("" if i in (1, 2) else f"t {i}", 0.5 if i == 5 else i % 2) for i in range(40)]
+    with pytest.raises(InvalidTaskData, match=r"train.csv \(train\), row 6: label 0.5"):
+        load_files(str(write_csv(tmp_path / "train.csv", rows)), on_invalid="drop")
+
+
+def test_a_class_held_out_but_not_trained_on_is_refused(tmp_path, caplog):
+    """max_train_samples keeps the first rows of train: where they lack a class the held-out
+    splits score, the run is refused; a class of label_names no split holds is a warning."""
+    ordered = write_csv(tmp_path / "train.csv", [(f"{name} {i}", name) for name in ("neg", "neu", "pos") for i in range(30)])
+    held_out = write_csv(tmp_path / "held_out.csv", [(f"{name} held {i}", name) for name in ("neg", "neu", "pos") for i in range(3)])
+    splits = {"validation_file": str(held_out), "test_file": str(held_out)}
+    with pytest.raises(InvalidTaskData, match=r"the validation split holds class\(es\) \['pos'\] that no training example has \(50 training rows"):
+        load_files(str(ordered), max_train_samples=50, **splits)
+    task = load_files(str(ordered), label_names=["neg", "neu", "pos", "other"], **splits)
+    assert task.num_outputs == 4 and "no training example of class(es) ['other']" in caplog.text
+
+
+def test_an_empty_parquet_file_is_named(tmp_path):
+    path = tmp_path / "train.parquet"
+    pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype=str)}).to_parquet(path)
+    with pytest.raises(InvalidTaskData, match=r"train.parquet has no rows$"):
+        load_files(str(path))

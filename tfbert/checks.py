@@ -48,14 +48,15 @@ UNKNOWN_ARGUMENT = ("unexpected keyword argument", "Keyword argument not underst
 
 
 # What building a group raises for a value that cannot work: a bad value, a file that is not
-# there, a key the constructor does not take, a hub that is out of reach (task=hub, sst2, ...).
-NAMED_ERRORS = (ValueError, FileNotFoundError, TypeError, ConnectionError)
+# there, a key the constructor does not take, a hub that is out of reach (task=hub, sst2, ...),
+# a multi_worker chief that never came up.
+NAMED_ERRORS = (ValueError, FileNotFoundError, TypeError, ConnectionError, TimeoutError)
 
 
 @contextmanager
 def config_group(group: str, keys) -> Iterator[None]:
     """Raise a ValueError (or a FileNotFoundError: a path that is not there; a ConnectionError:
-    a hub out of reach) from building config group `group` (its `keys`) as a ConfigError that
+    a hub out of reach; a TimeoutError: a chief out of reach) from building config group `group` (its `keys`) as a ConfigError that
     names the key: `dropout must be ...` from the head becomes `head.dropout must be ...`. A
     key the config leaves `???` (task.train_file of task=files) is named the same way, and so
     is a key the constructor does not take (`+head.dropuot=0.2`: a TypeError that Python or

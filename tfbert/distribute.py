@@ -154,7 +154,7 @@ def tpu_strategy(tpu: str | None) -> tf.distribute.TPUStrategy:
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, tf.errors.OpError) as error:
         first_line = str(error).strip().splitlines()[0]
-        raise RuntimeError(
+        raise ValueError(  # a setting that cannot work on this machine: a one-line error
             f"trainer.strategy=tpu found no TPU: looked for {where}; TensorFlow says: {first_line}. "
             f"On a TPU node, set trainer.tpu to its name or grpc://host:port; without a TPU use another strategy."
         ) from None

@@ -9,15 +9,19 @@ import json
 from pathlib import Path
 
 import datasets
+import pyarrow
+import pyarrow.parquet
 
 from tfbert.tasks.labeled import build_task
 from tfbert.tasks.task_data import InvalidTaskData, TaskData
 
 # suffix -> (datasets builder, its options). A TSV is plain tab-separated lines, as IANA
-# defines it and GLUE's files are: a `"` is part of the text, not a quote.
+# defines it and GLUE's files are: a `"` is part of the text, not a quote. In either, only an
+# empty cell is missing (pandas would also take `NA`, `None`, `null`, `nan`, ... for one).
+ONLY_EMPTY_IS_MISSING = {"keep_default_na": False, "na_values": [""]}
 FORMATS = {
-    ".csv": ("csv", {}),
-    ".tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}),
+    ".csv": ("csv", ONLY_EMPTY_IS_MISSING),
+    ".tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE, **ONLY_EMPTY_IS_MISSING}),
     ".jsonl": ("json", {}),
     ".json": ("json", {}),
     ".parquet": ("parquet", {}),
@@ -64,6 +68,8 @@ def read_table(path: Path) -> datasets.Dataset:
                 f"{path}, line {line}: bytes {content[error.start:error.end]!r} are not UTF-8; "
                 "save the file as UTF-8"
             ) from None
+    elif parquet_rows(path) == 0:  # datasets' own error would be an Arrow batch-size one
+        raise InvalidTaskData(f"{path} has no rows")
     builder, options = FORMATS[path.suffix]
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
@@ -75,8 +81,16 @@ def read_table(path: Path) -> datasets.Dataset:
             raise InvalidTaskData(f"{path}, {bad}") from None
         raise InvalidTaskData(f"{path} could not be read as {builder}: {cause}") from None
     if len(table) == 0:
-        raise InvalidTaskData(f"{path} has a header but no rows")
+        raise InvalidTaskData(f"{path} has {'a header but ' if path.suffix in ('.csv', '.tsv') else ''}no rows")
     return table
+
+
+def parquet_rows(path: Path) -> int | None:
+    """The rows a Parquet file's metadata counts; None for a file that is not Parquet."""
+    try:
+        return pyarrow.parquet.read_metadata(path).num_rows
+    except pyarrow.ArrowException:
+        return None  # datasets' error names what is wrong
 
 
 def not_json_line(content: bytes) -> str | None:

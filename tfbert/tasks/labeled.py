@@ -79,7 +79,7 @@ def build_task(
             )
         table[split] = _valid_rows(dataset, columns, sources[split], problem_type, on_invalid)
 
-    encode = _label_encoder(problem_type, table["train"]["label"], label_names, label_separator,
+    encode = _label_encoder(problem_type, table["train"], label_names, label_separator,
                             raw["train"].features[label_column], label_column, sources["train"])
     features = datasets.Features(
         text=datasets.Value("string"),
@@ -135,8 +135,8 @@ def _valid_rows(dataset, columns, source, problem_type, on_invalid) -> dict[str,
     for index in range(len(dataset)):
         row = {key: values[key][index] for key in values}
         bad = next((key for key in row if _missing(row[key])), None)
-        if bad and problem_type == "multi_label" and bad == "label" and isinstance(row[bad], str):
-            bad = None  # an empty label cell is a row with no labels, which is valid
+        if bad == "label" and problem_type == "multi_label":
+            bad = None  # an empty label cell (None in a CSV, "" in JSON) is a row with no labels, which is valid
         if bad:
             if on_invalid == "error":
                 raise InvalidTaskData(
@@ -186,7 +186,9 @@ def _class_name(value, feature) -> str:
     )
 
 
-def _label_encoder(problem_type, train_labels, label_names, separator, feature, column, train_source="train") -> _LabelEncoder:
+def _label_encoder(problem_type, train, label_names, separator, feature, column, train_source="train") -> _LabelEncoder:
+    """The encoder of `problem_type`'s labels; its class names from `label_names`, else from the
+    labels of `train` (_valid_rows' columns: `label` and each one's file `row`)."""
     if problem_type == "regression":
         def to_float(value):
             number = float(value)
@@ -199,6 +201,10 @@ def _label_encoder(problem_type, train_labels, label_names, separator, feature, 
     def cell_names(value):
         if problem_type == "single_label":  # a class name is trimmed of spaces, as each multi-label one is
             return [_class_name(value.strip() if isinstance(value, str) else value, feature)]
+        if _missing(value):
+            return []  # a row with no labels
+        if isinstance(value, Real) and not isinstance(value, bool):
+            value = [value]  # a cell `3` the reader took for a number: the one class `3`
         if not isinstance(value, (str, list, tuple, np.ndarray)):
             raise ValueError(f"multi-label labels must be lists or {separator!r}-separated strings")
         items = value.split(separator) if isinstance(value, str) else list(value)
@@ -208,7 +214,7 @@ def _label_encoder(problem_type, train_labels, label_names, separator, feature, 
     named_by = "task.label_names" if label_names is not None else "the training labels"
     if label_names is None:
         seen = set()
-        for row, value in enumerate(train_labels, start=1):
+        for row, value in zip(train["row"], train["label"]):
             try:
                 seen.update(cell_names(value))
             except ValueError as error:

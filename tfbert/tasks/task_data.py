@@ -1,6 +1,7 @@
 """What every task hands to training: splits with `text` [, `text_pair`] and `label`."""
 
 import json
+import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from datasets.utils.stratify import stratified_shuffle_split_generate_indices
 
 from tfbert.checks import is_number, is_whole_number
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 PROBLEM_TYPES = ("single_label", "multi_label", "regression")
 
@@ -80,6 +82,8 @@ class TaskData:
                         f"({self.label_names[only]!r}, {counts[only]} examples); "
                         f"a classifier needs at least two of {list(self.label_names)}"
                     )
+        if self.problem_type != "regression":
+            self._check_classes_trained()
         if not is_whole_number(self.max_length, 3):
             raise InvalidTaskData(
                 f"max_length must be a whole number, at least 3 ([CLS] x [SEP]), got {self.max_length!r}"
@@ -87,6 +91,30 @@ class TaskData:
         if not is_number(self.threshold) or not 0 < self.threshold < 1:
             raise InvalidTaskData(f"threshold must be between 0 and 1, got {self.threshold}")
         self.class_weights()  # validates class_weight early
+
+    def _check_classes_trained(self) -> None:
+        """A held-out split's classes must each have a training example (the model cannot
+        learn one it never sees; task.max_train_samples can cut one out); a class of
+        label_names that no split holds only warrants a warning."""
+        trained = self._classes("train")
+        for split in ("validation", "test"):
+            unlearnt = sorted(self._classes(split) - trained)
+            if unlearnt:
+                raise InvalidTaskData(
+                    f"task {self.name!r}: the {split} split holds class(es) {[self.label_names[i] for i in unlearnt]} "
+                    f"that no training example has ({len(self.splits['train'])} training rows; "
+                    "task.max_train_samples keeps only the first rows of train): train needs every class it is scored on"
+                )
+        untrained = [name for index, name in enumerate(self.label_names) if index not in trained]
+        if untrained:
+            log.warning("task %s: no training example of class(es) %s; the model will not learn them", self.name, untrained)
+
+    def _classes(self, split: str) -> set[int]:
+        """The class ids some example of `split` holds."""
+        labels = column(self.splits[split], "label")
+        if self.problem_type == "multi_label":
+            return set(np.flatnonzero(np.asarray(labels, np.float32).reshape(len(labels), -1).any(axis=0)).tolist())
+        return set(labels)
 
     @property
     def num_outputs(self) -> int:
