@@ -30,3 +30,11 @@ def test_optuna_search_maximizes_over_the_tuned_keys():
     # every tuned key exists in the run config, so each trial's overrides apply
     for key in sweeper.params:
         assert OmegaConf.select(cfg, key) is not None, key
+
+
+def test_a_sweep_jobs_dir_name_holds_no_path():
+    """A sweep job's dir is named by its overrides; a data file's or model's path in it would
+    nest the dir (0_head=cls,task.train_file=/ then tmp/ ...)."""
+    cfg = compose_with_hydra("head=cls", "task=files", "task.train_file=/data/train.csv", "task.test_file=../test.csv",
+                             "model.name_or_path=/models/bert", "seed=1")
+    assert cfg.hydra.job.override_dirname == "head=cls,seed=1,task=files"
