@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from tests.conftest import EXPORT_MAX_LENGTH as MAX_LENGTH
+from tests.conftest import EXPORT_MAX_LENGTH as MAX_LENGTH, MINILM
 from tfbert.predict import csv_row, find_saved_model, load_serving, main, predict
 
 
@@ -269,3 +269,18 @@ def test_cli_needs_no_transformers_nor_model_code(export_dir, tmp_path):
     label, probability, text = result.stdout.splitlines()[0].split("\t")
     assert label in ("negative", "positive") and 0.5 <= float(probability) <= 1 and text == "'a wonderful film'"
     assert result.stdout.splitlines()[-2:] == ["intra-op threads: 1", "heavy: []"]
+
+
+def test_a_pair_models_lines_show_both_texts(classifier, capsys, tmp_path):
+    from tfbert.export import export_classifier
+    from tfbert.tasks.files import load_files
+
+    rows = [(f"premise {i}", f"hypothesis {i}", ["yes", "no"][i % 2]) for i in range(40)]
+    pd.DataFrame(rows, columns=["premise", "hypothesis", "label"]).to_csv(tmp_path / "pairs.csv", index=False)
+    task = load_files(str(tmp_path / "pairs.csv"), text_column="premise", text_pair_column="hypothesis")
+    export = export_classifier(classifier, task, MINILM, tmp_path / "run")
+    pd.DataFrame({"text": ["a cat sat"], "text_pair": ["an animal sat"]}).to_csv(tmp_path / "inputs.csv", index=False)
+    (line,) = run_cli(capsys, export, "--input", tmp_path / "inputs.csv")
+    label, probability, text, text_pair = line.split("\t")
+    assert label in ("yes", "no") and 0.5 <= float(probability) <= 1
+    assert (text, text_pair) == ("'a cat sat'", "'an animal sat'")

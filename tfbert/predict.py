@@ -304,7 +304,7 @@ def main(argv: list[str]) -> None:
     except (InvalidInput, OSError) as error:
         parser.error(str(error))
     for prediction in predictions:
-        print(f"{_summary(prediction)}\t{prediction['text'][:80]!r}")
+        print("\t".join([_summary(prediction), *(repr(prediction[column][:80]) for column in columns)]))
     if arguments.output:
         try:
             write_predictions(arguments.output, predictions, class_names)
