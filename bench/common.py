@@ -2,7 +2,8 @@
 
 Each framework runs in a worker process of its own (the script run again with
 `--worker NAME --output FILE`), so frameworks share no threads or memory, and each
-process's peak RSS is its own.
+process's peak RSS is its own (Linux counts a child's peak from the parent's at the fork:
+the parent, which imports no framework, holds about 20 MB).
 
 The numbers mean something only on an otherwise idle machine: PyTorch's OpenMP threads
 slow down tenfold or more when other processes compete for the cores. The results

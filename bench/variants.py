@@ -69,7 +69,7 @@ def time_variants(variants: list[tuple[str, list[str]]], steps: int, rounds: int
             "ms_per_step": statistics.median(1e3 * t["seconds"] / t["timed_steps"] for t in timing),
             "ratio_to_first": statistics.median(ratios),
             "real_tokens_per_second_by_round": tokens_per_second,
-            "peak_rss_mb": timing[-1]["peak_rss_mb"],
+            "timed_steps": timing[0]["timed_steps"],  # fewer than asked where executions run several steps
         }
     return summary
 
@@ -91,6 +91,10 @@ def markdown(report: dict) -> str:
             f"| {name} | `{overrides}` | {row['real_tokens_per_second']:,.0f} | {row['ratio_to_first']:.3f} | "
             f"{row['performed_gflops_per_second']:.1f} | {row['padding_efficiency']:.3f} | {row['ms_per_step']:.0f} |"
         )
+    fewer = {name: row["timed_steps"] for name, row in variants.items() if row.get("timed_steps", report["steps"]) != report["steps"]}
+    if fewer:  # trainer.steps_per_execution: timing starts and ends at an execution's end
+        lines += ["", "Timed steps where executions of several steps timed fewer: " + ", ".join(
+            f"{name} {steps}" for name, steps in fewer.items()) + "."]
     lines.append("")
     lines.append("Real tokens/s by round: " + "; ".join(
         f"{name} " + ", ".join(f"{value:,.0f}" for value in row["real_tokens_per_second_by_round"])
