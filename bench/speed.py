@@ -14,6 +14,8 @@ steps and the same thread count, each in its own process, one after the other:
   pytorch          transformers' BertForSequenceClassification in a plain PyTorch loop:
                    AdamW, linear warmup/decay, gradient clipping, and a shuffled DataLoader
                    whose DataCollatorWithPadding pads each batch to its longest sentence.
+  pytorch_bfloat16 the same loop, its forward pass under torch.autocast in bfloat16: run
+                   only when tfbert trained in mixed_bfloat16, as the like-for-like peer.
 
 The first --warmup steps (graph tracing, allocations) are run but not timed (with
 trainer.steps_per_execution > 1, timing starts at the end of an execution: the results say
@@ -310,8 +312,11 @@ def run_transformers_tf(args) -> dict:
     return result
 
 
-def run_pytorch(args) -> dict:
-    """BertForSequenceClassification in a plain PyTorch training loop, dynamic padding."""
+def run_pytorch(args, autocast: bool = False) -> dict:
+    """BertForSequenceClassification in a plain PyTorch training loop, dynamic padding; with
+    `autocast`, its forward pass under torch.autocast in bfloat16 (mixed precision)."""
+    import contextlib
+
     import torch
     from tfbert.model_dir import resolve_model_dir
     from transformers import (
@@ -349,7 +354,8 @@ def run_pytorch(args) -> dict:
 
     counter = TokenCounter(model.config)
     for step, batch in zip(range(total), batches()):
-        loss = model(**batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+            loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIPNORM)
         optimizer.step()
@@ -360,8 +366,14 @@ def run_pytorch(args) -> dict:
         if step == args.warmup - 1:
             start = time.perf_counter()
     result = counter.result(time.perf_counter() - start, args.steps)
-    result["settings"] = {"padding": "per batch (DataCollatorWithPadding)", "torch": torch.__version__}
+    result["settings"] = {"padding": "per batch (DataCollatorWithPadding)", "torch": torch.__version__,
+                          "precision": "mixed_bfloat16" if autocast else "float32"}
     return result
+
+
+def run_pytorch_bfloat16(args) -> dict:
+    """The PyTorch peer in mixed bfloat16, like for like with a tfbert run in mixed_bfloat16."""
+    return run_pytorch(args, autocast=True)
 
 
 def run_matmul(args) -> dict:
@@ -430,7 +442,8 @@ def layer_matmul_gflops(tf, args, dtype) -> float:
     return timed_gflops(tf, layer, flops, args.matmul_seconds)
 
 
-WORKERS = {"tfbert": run_tfbert, "transformers_tf": run_transformers_tf, "pytorch": run_pytorch, "matmul": run_matmul}
+WORKERS = {"tfbert": run_tfbert, "transformers_tf": run_transformers_tf, "pytorch": run_pytorch,
+           "pytorch_bfloat16": run_pytorch_bfloat16, "matmul": run_matmul}
 
 
 # ----------------------------------------------------------------------------- parent
@@ -528,8 +541,11 @@ def precision_lines(report: dict) -> list[str]:
     if precision == "float32":
         return ["tfbert trained in float32, as the other systems did.", ""]
     own = multiplied_in(report)
+    peer = report["tfbert_speedup"].get("pytorch_bfloat16")
     return [
-        f"tfbert trained in {precision}, the other systems in float32"
+        f"tfbert trained in {precision}, the recipe and `pytorch` in float32"
+        + (f", `pytorch_bfloat16` under torch.autocast in bfloat16 (tfbert: {peer['real_tokens_per_second']:.2f}x "
+           "its real tokens/s)" if peer else "")
         + (f": its MFU is against the {own[0]} matmul peak measured in the same run, {own[1]:.1f} GFLOP/s. "
            if own is not None else " (a type whose peak this bench does not measure: its MFU is against float32's). ")
         + f"Against the float32 peak, as the issue words the MFU, its FLOPs per second would read "
@@ -683,6 +699,8 @@ def main():
 
     peaks = matmul_runs()
     runs = {name: run_worker(script, name, framework, args.threads, arguments) for name, framework in SYSTEMS.items()}
+    if runs["tfbert"]["settings"]["precision"] == "mixed_bfloat16":  # a peer in the same type too
+        runs["pytorch_bfloat16"] = run_worker(script, "pytorch_bfloat16", "pytorch", args.threads, arguments)
     peaks += matmul_runs()
     peak = max(peaks, key=lambda run: run["gflops"])
     bfloat16_peak = max(max(run["bfloat16_gflops_by_size"].values()) for run in peaks)
