@@ -90,6 +90,63 @@ def test_parallel_slices_train_evaluate_and_predict_like_the_whole_batch(grad_ac
     np.testing.assert_allclose(loss, sliced_model.loss(labels, expected), rtol=1e-5)
 
 
+def train_with_adamw(model, data, grad_accum_steps=1, parallel_slices=1, global_clipnorm=1.0):
+    """`model` trained on `data` with tfbert's AdamW (create_adamw: weight decay, clipping)."""
+    from tfbert.optimization import create_adamw
+
+    model.grad_accum_steps, model.parallel_slices = grad_accum_steps, parallel_slices
+    optimizer = create_adamw(num_train_steps=2, learning_rate=1e-3, warmup_ratio=0.0, global_clipnorm=global_clipnorm)
+    model.compile(optimizer, tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(data, epochs=1, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("grad_accum_steps, parallel_slices, size", [(2, 1, 4), (1, 2, 8)])
+def test_clipped_steps_too_train_like_the_whole_batch(grad_accum_steps, parallel_slices, size):
+    """Clipping to a global norm (0.1: the tiny model's gradients are below the default 1.0)
+    counts each row of an embedding's sparse gradient (a row per lookup) once, so
+    accumulated or sliced batches clip as the whole batch does."""
+    whole = train_with_adamw(seeded_classifier(), batches(2, 8), global_clipnorm=0.1)
+    parts = train_with_adamw(seeded_classifier(), batches(16 // size, size), grad_accum_steps, parallel_slices, 0.1)
+    initial = seeded_classifier().get_weights()
+    assert max(np.abs(a - b).max() for a, b in zip(whole.get_weights(), initial)) > 1e-3  # it trained
+    for a, b in zip(parts.get_weights(), whole.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+
+
+class UnusedWeight(tf_keras.layers.Layer):
+    """Passes its input through; holds a weight the loss never reaches (as a custom head might)."""
+
+    def build(self, input_shape):
+        self.unused = self.add_weight(name="unused", shape=(3,), initializer="ones")
+
+    def call(self, inputs):
+        return inputs
+
+
+def test_accumulation_leaves_a_variable_the_loss_does_not_reach_as_it_is():
+    """A weight with no gradient gets no step, accumulated or not (a zero gradient would
+    still decay it and move Adam's moments)."""
+    from tfbert.classifier import Classifier
+
+    inputs = tf_keras.Input((4,))
+    data = tf.data.Dataset.from_tensor_slices((np.ones((8, 4), np.float32), np.arange(8) % 2)).batch(2)
+    for grad_accum_steps in (1, 2):
+        unused = UnusedWeight()
+        model = Classifier(inputs, tf_keras.layers.Dense(2)(unused(inputs)))
+        train_with_adamw(model, data, grad_accum_steps)
+        np.testing.assert_array_equal(unused.unused.numpy(), np.ones(3))
+
+
+def test_lazy_embeddings_with_accumulation_is_refused():
+    from tfbert.checks import ConfigError
+    from tfbert.optimization import create_adamw
+
+    with pytest.raises(ConfigError, match=r"optimizer.lazy_embeddings=true .* trainer.grad_accum_steps=2 cannot tell"):
+        Trainer(grad_accum_steps=2).compile(seeded_classifier(), create_adamw(num_train_steps=2, lazy_embeddings=True),
+                                            tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True), [])
+
+
 def test_parallel_slices_auto_means_one_per_core_on_a_cpu_without_xla():
     assert resolve_parallel_slices("auto", "default", jit_compile=False) == min(cpu_cores(), MAX_AUTO_SLICES)
     assert resolve_parallel_slices("auto", "default", jit_compile=True) == 1

@@ -117,9 +117,12 @@ class Classifier(tf_keras.Model):
         self._micro_steps.assign_add(1)
 
         def apply():
+            # A variable the loss does not reach gets no update, as in a step without accumulation
+            # (a zero gradient would still move Adam's moments and decay it).
             self.optimizer.apply_gradients(
                 (accumulator / self._accumulated_rows, variable)
-                for accumulator, variable in zip(self._accumulated, self.trainable_variables)
+                for accumulator, variable, gradient in zip(self._accumulated, self.trainable_variables, gradients)
+                if gradient is not None
             )
             for accumulator in self._accumulated:
                 accumulator.assign(tf.zeros_like(accumulator))

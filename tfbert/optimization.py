@@ -116,6 +116,13 @@ class FusedAdamW(tf_keras.optimizers.AdamW):
         }
         return super().apply_gradients(grads_and_vars, *args, **kwargs)
 
+    def _clip_gradients(self, grads):
+        """Keras' clipping, on gradients whose repeated rows are summed first: an embedding
+        lookup's sparse gradient holds a row per lookup, and the global norm of those rows
+        is not the gradient's (four lookups of one row: half its norm), so clipping let
+        too large a step through and changed when a batch came in slices or accumulated."""
+        return super()._clip_gradients(self._deduplicate_sparse_grad(list(grads)))
+
     def _apply_weight_decay(self, variables):
         """Keras' decoupled weight decay, before the Adam steps, in one pass per variable.
 

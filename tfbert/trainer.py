@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfbert.checkpoints import Backup, BestCheckpoint, Preempted, backup_position, best_checkpoint, best_so_far
-from tfbert.checks import check_flags, is_whole_number
+from tfbert.checks import ConfigError, check_flags, is_whole_number
 from tfbert.objectives import checkpoint_monitor, lower_is_better
 from tfbert.pipeline import stream_epochs
 from tfbert.precision import resolve_precision
@@ -206,6 +206,12 @@ class Trainer:
                 loss: tf_keras.losses.Loss, metrics: list) -> None:
         """Compile `model` for training with this trainer's step settings: XLA, steps per
         execution, parallel slices and gradient accumulation (`fit` does it; bench/speed.py times the result)."""
+        if self.grad_accum_steps > 1 and getattr(getattr(optimizer, "inner_optimizer", optimizer), "lazy_embeddings", False):
+            raise ConfigError(
+                f"optimizer.lazy_embeddings=true updates only the embedding rows a batch uses, which "
+                f"trainer.grad_accum_steps={self.grad_accum_steps} cannot tell (it sums dense gradients): "
+                "set one of them back"
+            )
         model.grad_accum_steps = self.grad_accum_steps
         model.parallel_slices = self.parallel_slices
         model.compile(
