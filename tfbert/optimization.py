@@ -121,7 +121,10 @@ class FusedAdamW(tf_keras.optimizers.AdamW):
         lookup's sparse gradient holds a row per lookup, and the global norm of those rows
         is not the gradient's (four lookups of one row: half its norm), so clipping let
         too large a step through and changed when a batch came in slices or accumulated."""
-        return super()._clip_gradients(self._deduplicate_sparse_grad(list(grads)))
+        return super()._clip_gradients(super()._deduplicate_sparse_grad(list(grads)))
+
+    def _deduplicate_sparse_grad(self, grads):
+        return grads  # Keras calls this right after _clip_gradients, which has summed the rows
 
     def _apply_weight_decay(self, variables):
         """Keras' decoupled weight decay, before the Adam steps, in one pass per variable.
