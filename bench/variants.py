@@ -91,7 +91,8 @@ def markdown(report: dict) -> str:
             f"| {name} | `{overrides}` | {row['real_tokens_per_second']:,.0f} | {row['ratio_to_first']:.3f} | "
             f"{row['performed_gflops_per_second']:.1f} | {row['padding_efficiency']:.3f} | {row['ms_per_step']:.0f} |"
         )
-    fewer = {name: row["timed_steps"] for name, row in variants.items() if row.get("timed_steps", report["steps"]) != report["steps"]}
+    fewer = {name: row["timed_steps"] for name, row in variants.items()
+             if row.get("timed_steps", report["steps"]) != report["steps"]}
     if fewer:  # trainer.steps_per_execution: timing starts and ends at an execution's end
         lines += ["", "Timed steps where executions of several steps timed fewer: " + ", ".join(
             f"{name} {steps}" for name, steps in fewer.items()) + "."]

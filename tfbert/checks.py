@@ -56,11 +56,11 @@ NAMED_ERRORS = (ValueError, FileNotFoundError, TypeError, ConnectionError, Timeo
 @contextmanager
 def config_group(group: str, keys) -> Iterator[None]:
     """Raise a ValueError (or a FileNotFoundError: a path that is not there; a ConnectionError:
-    a hub out of reach; a TimeoutError: a chief out of reach) from building config group `group` (its `keys`) as a ConfigError that
-    names the key: `dropout must be ...` from the head becomes `head.dropout must be ...`. A
-    key the config leaves `???` (task.train_file of task=files) is named the same way, and so
-    is a key the constructor does not take (`+head.dropuot=0.2`: a TypeError that Python or
-    Keras raise)."""
+    a hub out of reach; a TimeoutError: a chief out of reach) from building config group
+    `group` (its `keys`) as a ConfigError that names the key: `dropout must be ...` from the
+    head becomes `head.dropout must be ...`. A key the config leaves `???` (task.train_file of
+    task=files) is named the same way, and so is a key the constructor does not take
+    (`+head.dropuot=0.2`: a TypeError that Python or Keras raise)."""
     try:
         yield
     except ConfigError:

@@ -9,6 +9,7 @@ SCORES = (
     "mse", "mae", "pearson", "spearman",
 )
 
+
 def run_summary(metrics: dict, run_dir: Path, export_dir: Path) -> str:
     """A table of the test and validation scores, then the paths a person looks at next.
 

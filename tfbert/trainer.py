@@ -206,7 +206,8 @@ class Trainer:
                 loss: tf_keras.losses.Loss, metrics: list) -> None:
         """Compile `model` for training with this trainer's step settings: XLA, steps per
         execution, parallel slices and gradient accumulation (`fit` does it; bench/speed.py times the result)."""
-        if self.grad_accum_steps > 1 and getattr(getattr(optimizer, "inner_optimizer", optimizer), "lazy_embeddings", False):
+        inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's (mixed_float16)
+        if self.grad_accum_steps > 1 and getattr(inner, "lazy_embeddings", False):
             raise ConfigError(
                 f"optimizer.lazy_embeddings=true updates only the embedding rows a batch uses, which "
                 f"trainer.grad_accum_steps={self.grad_accum_steps} cannot tell (it sums dense gradients): "
