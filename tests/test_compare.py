@@ -58,7 +58,7 @@ def test_csv_holds_the_numbers(multirun_dir):
     assert float(mean["test accuracy mean"]) == pytest.approx(0.75)
     assert float(mean["test accuracy std"]) == pytest.approx(0.05)
     assert float(mean["training seconds mean"]) == pytest.approx(20.0)
-    assert int(mean["runs"]) == 3
+    assert int(mean["runs"]) == int(mean["test accuracy runs"]) == 3
 
 
 def test_chart_is_a_png(multirun_dir):
@@ -77,6 +77,29 @@ def test_a_regression_sweep_compares_correlations(tmp_path):
     assert table[0] == "| head | runs | test Pearson r | test Spearman rho | test MSE | training seconds |"
     assert table[2].startswith("| pooler | 2 | 0.6500 ± 0.0707 | 0.5000 ± 0.0000 | 1.0000 ± 0.0000 |")
     assert table[3].startswith("| mean | 2 | 0.0000 ± 0.1414 |")
+    assert paths["png"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_seed_with_undefined_correlations_leaves_the_others_mean(tmp_path):
+    """A run whose test predictions were constant has no Pearson r or Spearman rho (null in
+    metrics.json): its group's mean is over its other runs, and says so."""
+    pearson = {"pooler": [0.60, 0.70, None], "mean": [None, None]}
+    number = 0
+    for head, scores in pearson.items():
+        for seed, score in enumerate(scores, start=1):
+            test = {"mse": 1.0, "mae": 0.8, "pearson": score, "spearman": score}
+            fake_run(tmp_path, number, [f"head={head}", f"seed={seed}"], {"test": test, "train_seconds": 5.0})
+            number += 1
+    paths = compare(tmp_path)
+    table = paths["md"].read_text().splitlines()
+    assert table[2].startswith("| pooler | 3 | 0.6500 ± 0.0707 (2 of 3) | 0.6500 ± 0.0707 (2 of 3) | 1.0000 ± 0.0000 |")
+    assert table[3].startswith("| mean | 2 | – | – | 1.0000 ± 0.0000 |")
+    assert "the mean of the k runs whose score is defined" in table[-1]
+    with paths["csv"].open(newline="") as file:
+        rows = {row["head"]: row for row in csv.DictReader(file)}
+    assert rows["pooler"]["test Pearson r runs"] == "2" and rows["pooler"]["runs"] == "3"
+    assert float(rows["pooler"]["test Pearson r mean"]) == pytest.approx(0.65)
+    assert rows["mean"]["test Pearson r mean"] == "" and rows["mean"]["test MSE runs"] == "2"
     assert paths["png"].read_bytes().startswith(b"\x89PNG")
 
 

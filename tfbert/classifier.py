@@ -97,36 +97,63 @@ class Classifier(tf_keras.Model):
     def _accumulate(self, tape: tf.GradientTape, loss: tf.Tensor, rows: tf.Tensor) -> None:
         """Add the gradients of `loss` (a mean over the batch's `rows`), times `rows`, to the
         accumulators; apply their mean per row every grad_accum_steps batches and at
-        accumulation_end."""
+        accumulation_end.
+
+        Under a tf.distribute strategy each replica keeps its own accumulators (variables
+        synchronized on read: their sum over the replicas is read across them), and the
+        optimizer's all-reduce runs only in the batches that apply. Whether a batch applies
+        is decided across the replicas (a merge_call), since the optimizer's own
+        synchronization cannot sit inside a condition that each replica takes on its own.
+        """
         if not hasattr(self, "_accumulated"):
+            per_replica = dict(
+                trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.SUM,
+            )
             with tf.init_scope():
                 self._accumulated = [
-                    tf.Variable(tf.zeros_like(variable), trainable=False, name="accumulated_gradient")
+                    tf.Variable(tf.zeros_like(variable), name="accumulated_gradient", **per_replica)
                     for variable in self.trainable_variables
                 ]
-                self._accumulated_rows = tf.Variable(0.0, trainable=False, name="accumulated_rows")
-                self._micro_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="micro_steps")
+                self._accumulated_rows = tf.Variable(0.0, name="accumulated_rows", **per_replica)
+                self._micro_steps = tf.Variable(
+                    0, dtype=tf.int64, trainable=False, name="micro_steps",
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
         # The optimizer's own gradients: a LossScaleOptimizer (mixed_float16) scales the loss
         # on the tape and unscales the gradients, as its minimize does.
         gradients = [gradient for gradient, _ in self.optimizer.compute_gradients(loss, self.trainable_variables, tape)]
+        # Keras divides each replica's mean loss by the number of replicas: undone here, so the
+        # accumulators hold the sum of this replica's examples' gradients.
         rows = tf.cast(rows, tf.float32)
+        scale = rows * tf.distribute.get_strategy().num_replicas_in_sync
         for accumulator, gradient in zip(self._accumulated, gradients):
             if gradient is not None:
-                accumulator.assign_add(tf.convert_to_tensor(gradient) * rows)
+                accumulator.assign_add(tf.convert_to_tensor(gradient) * scale)
         self._accumulated_rows.assign_add(rows)
         self._micro_steps.assign_add(1)
+        # A variable the loss does not reach gets no update, as in a step without accumulation
+        # (a zero gradient would still move Adam's moments and decay it).
+        reached = [gradient is not None for gradient in gradients]
+        tf.distribute.get_replica_context().merge_call(self._apply_if_due, args=(reached,))
 
-        def apply():
-            # A variable the loss does not reach gets no update, as in a step without accumulation
-            # (a zero gradient would still move Adam's moments and decay it).
+    def _apply_if_due(self, strategy: tf.distribute.Strategy, reached: list[bool]) -> None:
+        """In cross-replica context: every replica applies its accumulated gradients (the
+        optimizer sums them over the replicas) divided by all replicas' rows, then zeroes
+        them, when grad_accum_steps batches have accumulated or the run's last one has."""
+
+        def apply_in_replica(all_rows):
             self.optimizer.apply_gradients(
-                (accumulator / self._accumulated_rows, variable)
-                for accumulator, variable, gradient in zip(self._accumulated, self.trainable_variables, gradients)
-                if gradient is not None
+                (accumulator.read_value() / all_rows, variable)
+                for accumulator, variable, used in zip(self._accumulated, self.trainable_variables, reached)
+                if used
             )
             for accumulator in self._accumulated:
                 accumulator.assign(tf.zeros_like(accumulator))
             self._accumulated_rows.assign(0.0)
+
+        def apply():
+            strategy.extended.call_for_each_replica(apply_in_replica, args=(self._accumulated_rows.read_value(),))
             return tf.constant(True)
 
         due = self._micro_steps % self.grad_accum_steps == 0

@@ -45,6 +45,7 @@ COLUMNS = (
 )
 CHARTED = ("test accuracy", "test macro F1", "test subset accuracy", "test micro F1", "test Pearson r", "test Spearman rho")
 REPEATS = ("seed",)  # overrides that repeat a configuration rather than change it
+MISSING = object()  # what lookup gives where metrics.json lacks a key: not a recorded null
 
 
 class NoRuns(ValueError):
@@ -107,12 +108,25 @@ def varying_overrides(runs: list[Run]) -> list[str]:
     ]
 
 
-def summarize(runs: list[Run], by: list[str]) -> list[dict]:
-    """One row per group of runs: the `by` values, the run count, and (mean, std) per column.
+@dataclass(frozen=True)
+class Score:
+    """A column's summary over a group: the mean and sample std (None for one run) of the
+    `runs` runs where the score is defined, out of the group's `of` runs."""
 
-    std is the sample standard deviation, None for a group of one run. A column is left out
-    where no run has its value; a group where some run lacks it (a regression task among
-    classifiers: no accuracy; train_seconds from before it was recorded) gets None for it.
+    mean: float
+    std: float | None
+    runs: int
+    of: int
+
+
+def summarize(runs: list[Run], by: list[str]) -> list[dict]:
+    """One row per group of runs: the `by` values, the run count, and a Score per column.
+
+    A column is left out where no run has its value; a group where some run lacks it (a
+    regression task among classifiers: no accuracy; train_seconds from before it was
+    recorded) gets None for it. A score a run holds as undefined (null in metrics.json: a
+    correlation of constant predictions) is left out of its group's mean, which the Score's
+    `runs` counts; a group where every run's is undefined gets None.
     """
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
@@ -122,49 +136,61 @@ def summarize(runs: list[Run], by: list[str]) -> list[dict]:
     for values, members in groups.items():
         row = {**dict(zip(by, values)), "runs": len(members)}
         for name, path in columns:
-            scores = [lookup(run.metrics, path) for run in members]
-            if None in scores:
+            recorded = [lookup(run.metrics, path, MISSING) for run in members]
+            scores = [score for score in recorded if score is not None]
+            if MISSING in recorded or not scores:
                 row[name] = None
             else:
-                row[name] = (statistics.mean(scores), statistics.stdev(scores) if len(scores) > 1 else None)
+                std = statistics.stdev(scores) if len(scores) > 1 else None
+                row[name] = Score(statistics.mean(scores), std, len(scores), len(members))
         rows.append(row)
     return rows
 
 
-def lookup(metrics: dict, path: tuple):
-    """metrics[path[0]][path[1]]..., or None where a key is missing."""
+def lookup(metrics: dict, path: tuple, default=None):
+    """metrics[path[0]][path[1]]..., or `default` where a key is missing."""
     for key in path:
         if not isinstance(metrics, dict) or key not in metrics:
-            return None
+            return default
         metrics = metrics[key]
     return metrics
 
 
 def markdown_table(rows: list[dict], by: list[str]) -> str:
-    """`| head | runs | test accuracy | ... |` with `mean ± std` cells."""
+    """`| head | runs | test accuracy | ... |` with `mean ± std` cells; a mean over fewer than
+    all of a group's runs says over how many, and a line under the table says why."""
     names = list(rows[0])
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     for row in rows:
-        cells = [str(row[name]) if name in by or name == "runs" else mean_std(*row[name], name) if row[name] else "–"
+        cells = [str(row[name]) if name in by or name == "runs" else mean_std(row[name], name) if row[name] else "–"
                  for name in names]
         lines.append("| " + " | ".join(cells) + " |")
+    partial = any(isinstance(score, Score) and score.runs < score.of for row in rows for score in row.values())
+    if partial:
+        lines += ["", "(k of n): the mean of the k runs whose score is defined; a correlation is undefined for "
+                  "a run whose test predictions were all the same."]
     return "\n".join(lines) + "\n"
 
 
-def mean_std(mean: float, std: float | None, column: str) -> str:
-    """`0.8123 ± 0.0100` (seconds to 1 decimal); just the mean for a single run."""
+def mean_std(score: Score, column: str) -> str:
+    """`0.8123 ± 0.0100` (seconds to 1 decimal); just the mean for a single run; `(2 of 3)`
+    after it where the group's other runs have no such score."""
     digits = 1 if column == "training seconds" else 4
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    text = f"{score.mean:.{digits}f}" if score.std is None else f"{score.mean:.{digits}f} ± {score.std:.{digits}f}"
+    return text if score.runs == score.of else f"{text} ({score.runs} of {score.of})"
 
 
 def write_csv(rows: list[dict], by: list[str], path: Path) -> None:
-    """A column per `by` key, `runs`, then `<column> mean` and `<column> std` (empty for one run)."""
+    """A column per `by` key, `runs`, then `<column> mean`, `<column> std` (empty for one
+    run) and `<column> runs` (the runs the mean is over: fewer than `runs` where some
+    runs' score is undefined)."""
     scored = [name for name in rows[0] if name not in by and name != "runs"]
     with atomic_file(path, newline="") as file:
         writer = csv.writer(file)
-        writer.writerow([*by, "runs", *(f"{name} {stat}" for name in scored for stat in ("mean", "std"))])
+        writer.writerow([*by, "runs", *(f"{name} {stat}" for name in scored for stat in ("mean", "std", "runs"))])
         for row in rows:
-            stats = [value for name in scored for value in (row[name] or (None, None))]
+            stats = [value for name in scored
+                     for value in ((row[name].mean, row[name].std, row[name].runs) if row[name] else (None, None, None))]
             writer.writerow([*(row[key] for key in by), row["runs"], *("" if value is None else value for value in stats)])
 
 
@@ -173,8 +199,9 @@ def write_chart(rows: list[dict], by: list[str], path: Path) -> None:
     labels = [",".join(str(row[key]) for key in by) for row in rows]
 
     def series(name):  # a group without the column: no bar (NaN)
-        stats = [row[name] or (math.nan, None) for row in rows]
-        return [mean for mean, _ in stats], [std or 0.0 for _, std in stats]
+        scores = [row[name] for row in rows]
+        return ([score.mean if score else math.nan for score in scores],
+                [(score.std or 0.0) if score else 0.0 for score in scores])
 
     metrics = {name: series(name) for name in CHARTED if name in rows[0]}
     time = series("training seconds") if "training seconds" in rows[0] else None

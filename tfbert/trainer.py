@@ -109,7 +109,8 @@ class Trainer:
             `mixed_bfloat16`. Logits and loss stay float32. `self.precision` is the policy
             chosen.
         grad_accum_steps: apply the mean gradient of this many batches at once (a
-            larger effective batch without the memory; see tfbert.classifier.Classifier).
+            larger effective batch without the memory; see tfbert.classifier.Classifier);
+            with any strategy but `tpu`.
         profile_steps: `[first, last]` training steps to trace for TensorBoard's profiler.
         parallel_slices: run each batch as this many slices side by side (see
             tfbert.classifier.Classifier), with one thread per op and as many ops at once
@@ -152,12 +153,13 @@ class Trainer:
         policy, reason = resolve_precision(precision, strategy)
         if not is_whole_number(grad_accum_steps, 1):
             raise ValueError(f"grad_accum_steps must be a positive integer, got {grad_accum_steps!r}")
-        if grad_accum_steps > 1 and strategy not in ("default", "one_device"):
-            # The optimizer's all-reduce cannot run inside the conditional step that applies
-            # the accumulated gradients (MirroredStrategy refuses its merge_call there).
+        if grad_accum_steps > 1 and strategy == "tpu":
+            # Accumulation applies by running each replica's apply from cross-replica context
+            # (tfbert.classifier.Classifier): tested over CPU replicas and workers, never inside
+            # a TPU's replicated step.
             raise ValueError(
-                f"grad_accum_steps={grad_accum_steps} works with strategy default or one_device, not {strategy}: "
-                "over several replicas, raise pipeline.batch_size (the global batch) instead"
+                f"grad_accum_steps={grad_accum_steps} works with every strategy but tpu: on a TPU, "
+                "raise pipeline.batch_size (the global batch) instead"
             )
         if profile_steps is not None:
             profile_steps = list(profile_steps)  # a Hydra ListConfig too
