@@ -87,13 +87,18 @@ def test_mirrored_over_two_cpus_matches_one_device(accumulation, single_device_l
 
 # In a fresh process with two logical CPU devices: mixed_float16 (a LossScaleOptimizer, which
 # decides in its apply whether to apply) accumulating two batches of 4 over 2 replicas, against one
-# device taking the batches of 8 whole.
+# device taking the batches of 8 whole. With `no_merge_call`, the replicas synchronize as
+# MirroredStrategy has them do under XLA on GPUs: by collective all-reduces, without merge_calls.
 LOSS_SCALED_ACCUMULATION = """
+import sys
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from tensorflow.python.distribute.mirrored_strategy import MirroredExtended
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+if sys.argv[1] == "no_merge_call":
+    MirroredExtended._use_merge_call = lambda self: False
 from tests.test_speed_switches import batches, seeded_classifier, train_once
 tf_keras.mixed_precision.set_global_policy("mixed_float16")
 initial = seeded_classifier().get_weights()
@@ -111,10 +116,39 @@ print("ok")
 """
 
 
-def test_loss_scaled_accumulation_over_two_replicas_equals_the_larger_batch():
-    done = subprocess.run([sys.executable, "-c", LOSS_SCALED_ACCUMULATION], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+@pytest.mark.parametrize("synchronization", ["merge_call", "no_merge_call"])
+def test_loss_scaled_accumulation_over_two_replicas_equals_the_larger_batch(synchronization):
+    done = subprocess.run([sys.executable, "-c", LOSS_SCALED_ACCUMULATION, synchronization], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+# In a fresh process with two logical CPU devices posing as GPUs: the training step with XLA as
+# MirroredStrategy builds it over GPUs (each replica's step a compiled function of its own, in
+# which a merge_call is refused). Only traced: XLA on a CPU cannot compile the GPUs' all-reduce.
+XLA_OVER_GPUS_TRACE = """
+import tensorflow as tf
+import tf_keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tensorflow.python.distribute import mirrored_run, mirrored_strategy
+mirrored_run._is_gpu_device = mirrored_strategy._is_gpu_device = lambda device: True
+from tests.test_speed_switches import batches, seeded_classifier
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    model = seeded_classifier()
+    model.grad_accum_steps = 2
+    model.compile(tf_keras.optimizers.SGD(0.5), tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=True)
+model.make_train_function().get_concrete_function(iter(strategy.experimental_distribute_dataset(batches(4, 4))))
+print("traced")
+"""
+
+
+def test_accumulation_builds_under_xla_over_gpus():
+    done = subprocess.run([sys.executable, "-c", XLA_OVER_GPUS_TRACE], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("traced"), done.stderr[-3000:]
 
 
 def test_one_device_validated_by_insights_matches_keras_validation(single_device_losses, snippets_file, tmp_path):

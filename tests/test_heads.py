@@ -157,6 +157,25 @@ def test_a_bad_activation_is_named_even_without_an_mlp():
         ClsHead(3, activation="nope")
 
 
+@pytest.mark.parametrize("name", ["mean", "max", "cls_mean", "scalar_mix", "attention"])
+def test_a_row_without_real_tokens_pools_to_zeros(name):
+    """A hand-made attention mask (serve_ids takes any) can hold no real token: such a row
+    pools to zeros in every pooling head, not to dtype.min (max) or its padding's mean."""
+    head = HEADS[name]()
+    features = features_with_loud_padding()
+    features["attention_mask"] = tf.constant([[0, 0]])
+    head(features)
+    pooled = head.pool(features).numpy()
+    np.testing.assert_array_equal(pooled[:, -2:], [[0.0, 0.0]])  # cls_mean: [CLS] first, then the mean
+    assert np.isfinite(head(features).numpy()).all()
+
+
+@pytest.mark.parametrize("initializer_range", [0, -0.02, "0.02", None])
+def test_a_bad_initializer_range_is_named(initializer_range):
+    with pytest.raises(ValueError, match=rf"initializer_range must be a number above 0 \(BERT's 0.02\), got {re.escape(repr(initializer_range))}"):
+        ClsHead(3, initializer_range=initializer_range)
+
+
 @pytest.mark.parametrize("dropout", [1.5, 1.0, -0.1, "0.1"])
 def test_a_bad_dropout_rate_is_named(dropout):
     with pytest.raises(ValueError, match=rf"dropout must be a rate in \[0, 1\), got {re.escape(repr(dropout))}"):

@@ -101,9 +101,10 @@ class Classifier(tf_keras.Model):
 
         Under a tf.distribute strategy each replica keeps its own accumulators (variables
         synchronized on read: their sum over the replicas is read across them), and the
-        optimizer's all-reduce runs only in the batches that apply. Whether a batch applies
-        is decided across the replicas (a merge_call), since the optimizer's own
-        synchronization cannot sit inside a condition that each replica takes on its own.
+        optimizer's all-reduce runs only in the batches that apply. Where the replicas
+        synchronize through merge_calls (the optimizer's among them), which cannot sit inside
+        a condition that each replica takes on its own, whether a batch applies is decided
+        across the replicas (in a merge_call of its own).
         """
         if not hasattr(self, "_accumulated"):
             per_replica = dict(
@@ -135,12 +136,18 @@ class Classifier(tf_keras.Model):
         # A variable the loss does not reach gets no update, as in a step without accumulation
         # (a zero gradient would still move Adam's moments and decay it).
         reached = [gradient is not None for gradient in gradients]
-        tf.distribute.get_replica_context().merge_call(self._apply_if_due, args=(reached,))
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            # One device, or XLA over GPUs, where the replicas all-reduce without a merge_call
+            # (and may not make one): each replica takes the condition, the same on all of them.
+            self._apply_if_due(reached)
+        else:
+            tf.distribute.get_replica_context().merge_call(lambda strategy: self._apply_if_due(reached, strategy))
 
-    def _apply_if_due(self, strategy: tf.distribute.Strategy, reached: list[bool]) -> None:
-        """In cross-replica context: every replica applies its accumulated gradients (the
-        optimizer sums them over the replicas) divided by all replicas' rows, then zeroes
-        them, when grad_accum_steps batches have accumulated or the run's last one has."""
+    def _apply_if_due(self, reached: list[bool], strategy: tf.distribute.Strategy | None = None) -> None:
+        """When grad_accum_steps batches have accumulated, or the run's last one has: every
+        replica applies its accumulated gradients (the optimizer sums them over the replicas)
+        divided by all replicas' rows, then zeroes them. Called in replica context, or in
+        cross-replica context with the `strategy`, which then runs each replica's apply."""
 
         def apply_in_replica(all_rows):
             self.optimizer.apply_gradients(
@@ -153,7 +160,11 @@ class Classifier(tf_keras.Model):
             self._accumulated_rows.assign(0.0)
 
         def apply():
-            strategy.extended.call_for_each_replica(apply_in_replica, args=(self._accumulated_rows.read_value(),))
+            if strategy is None:
+                replica = tf.distribute.get_replica_context()
+                apply_in_replica(replica.all_reduce(tf.distribute.ReduceOp.SUM, self._accumulated_rows.read_value()))
+            else:  # read across the replicas, the variable gives their sum
+                strategy.extended.call_for_each_replica(apply_in_replica, args=(self._accumulated_rows.read_value(),))
             return tf.constant(True)
 
         due = self._micro_steps % self.grad_accum_steps == 0

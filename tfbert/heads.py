@@ -53,6 +53,8 @@ class ClassificationHead(tf_keras.layers.Layer):
         super().__init__(**kwargs)
         if not is_number(dropout) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a rate in [0, 1), got {dropout!r}")
+        if not is_number(initializer_range) or initializer_range <= 0:
+            raise ValueError(f"initializer_range must be a number above 0 (BERT's 0.02), got {initializer_range!r}")
         if isinstance(hidden_units, (str, int)) or not all(is_whole_number(units, 1) for units in hidden_units):
             raise ValueError(f"hidden_units must be a list of positive layer widths such as [256], got {hidden_units!r}")
         hidden_units = list(hidden_units)  # also turns a Hydra ListConfig into a list
@@ -156,7 +158,9 @@ class MaxPoolingHead(ClassificationHead):
         hidden = features["last_hidden_state"]
         mask = _token_mask(features)
         lowest = tf.constant(hidden.dtype.min, hidden.dtype)
-        return tf.reduce_max(tf.where(mask > 0, hidden, lowest), axis=1)  # (batch, hidden)
+        pooled = tf.reduce_max(tf.where(mask > 0, hidden, lowest), axis=1)  # (batch, hidden)
+        # A row without real tokens (a hand-made mask) pools to zeros, as the mean does, not to dtype.min.
+        return tf.where(tf.reduce_max(mask, axis=1) > 0, pooled, tf.zeros_like(pooled))
 
 
 @tf_keras.saving.register_keras_serializable(package=PACKAGE)
@@ -250,5 +254,8 @@ class AttentionPoolingHead(ClassificationHead):
         scores /= tf.sqrt(float(hidden.shape[-1]))
         real = tf.cast(features["attention_mask"], tf.bool)  # (batch, seq)
         scores = tf.where(real, scores, tf.float32.min)
-        weights = tf.cast(tf.nn.softmax(scores, axis=-1), hidden.dtype)  # (batch, seq)
+        # Zero on padding: a row without real tokens (a hand-made mask) pools to zeros, as the
+        # mean does, not to the mean of its padding.
+        weights = tf.nn.softmax(scores, axis=-1) * tf.cast(real, tf.float32)
+        weights = tf.cast(weights, hidden.dtype)  # (batch, seq)
         return tf.einsum("bsh,bs->bh", hidden, weights)  # (batch, hidden)
