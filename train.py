@@ -11,16 +11,14 @@ def main(cfg: DictConfig) -> float:
     from tfbert.checks import ConfigError
     from tfbert.run_dir import RunDirInUse
     from tfbert.evaluation import sweep_objective
-    from tfbert.train import failures_logged, run
+    from tfbert.train import failures_logged, run, stops_resumable
+    from tfbert.trainer import NonFiniteLoss
 
-    with failures_logged():  # into train.log as well
+    with failures_logged(), stops_resumable(cfg.run_dir):  # failures into train.log as well
         try:
             return sweep_objective(run(cfg)["validation"])
-        except (ConfigError, RunDirInUse) as error:  # the message says what to change: no traceback needed
+        except (ConfigError, RunDirInUse, NonFiniteLoss) as error:  # the message says what to do: no traceback
             raise SystemExit(f"tfbert: {error}") from None
-        except KeyboardInterrupt:  # Ctrl-C outside training (which saves a backup and stops itself)
-            raise SystemExit(f"tfbert: interrupted; the same command continues the run in its run dir: "
-                             f"add hydra.run.dir={cfg.run_dir}") from None
 
 
 if __name__ == "__main__":

@@ -219,6 +219,59 @@ def killed_while_exporting(space: Workspace) -> dict:
                observed, "none" if same else "metrics or export")
 
 
+def crash_after_exporting(space: Workspace) -> dict:
+    """A crash after the export, before the backup is removed: the rerun finds the run
+    finished (its export recorded in the backup) and removes the backup; no second export."""
+    from tfbert import train
+    from tfbert.trainer import Trainer
+
+    run_dir = space.run_dir("crash_after_export")
+
+    def crash(backup_dir):
+        raise RuntimeError("crash after the export")
+
+    with mock.patch.object(train, "remove_backup", crash):
+        message = run_in_process(space, run_dir, Trainer.fit, RuntimeError)
+    crashed = "crashed after exporting" if message == "crash after the export" else message or "no crash"
+    code, output = finish(space.data_file, run_dir)
+    finished = "finished" if "the run had finished" in output and "train batches" not in output else "ran again"
+    exported = [path.parent.name for path in (run_dir / "export").glob("*/*/saved_model.pb")]
+    same = code == 0 and metrics(run_dir) == space.reference and exported == ["1"] and not (run_dir / "backup").exists()
+    observed = f"{crashed}; {finished}; metrics {'identical' if same else 'differ'}, exported {exported}"
+    return row("crash after the export, before the backup's removal, rerun",
+               "crashed after exporting; finished; metrics identical, exported ['1']", observed,
+               "none" if same else "metrics, export or backup")
+
+
+def sigterm_while_tokenizing(space: Workspace) -> dict:
+    """SIGTERM outside training (while the data is tokenized): a one-line message, in
+    train.log too, saying how to continue; the rerun finishes the run."""
+    import os
+
+    run_dir = space.run_dir("sigterm_tokenizing")
+    wrapper = (
+        "import os, runpy, signal, sys\n"
+        "from tfbert.preprocessing import Preprocessor\n"
+        "tokenize = Preprocessor.__call__\n"
+        "def stopped(self, splits):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return tokenize(self, splits)\n"
+        "Preprocessor.__call__ = stopped\n"
+        "sys.argv = sys.argv[1:]\n"
+        "runpy.run_path('train.py', run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", wrapper, *train_args(space.data_file, run_dir)[1:]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    message = f"tfbert: stopped on SIGTERM; the same command continues the run in its run dir: add hydra.run.dir={run_dir}"
+    said = done.stderr.strip().splitlines()[-1:] == [message] and message in (run_dir / "train.log").read_text()
+    stopped = f"exit {done.returncode}, {'message in console and train.log' if said else 'no message'}"
+    code, output = finish(space.data_file, run_dir)
+    same = code == 0 and metrics(run_dir) == space.reference
+    observed = f"{stopped}; metrics {'identical' if same else 'differ'}"
+    return row("SIGTERM while tokenizing, rerun", "exit 1, message in console and train.log; metrics identical",
+               observed, "none" if same else "the run")
+
+
 def corrupt_backup(space: Workspace) -> dict:
     """A backup whose data file is damaged is refused, naming it, and left in place."""
     run_dir = space.run_dir("corrupt")
@@ -274,11 +327,11 @@ def full_disk_metrics(space: Workspace) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {"test": {"accuracy": 0.5}})
 
-    def no_space(*args):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def no_space(*args):  # as a full disk fails a write: no file named
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     message = ""
-    with mock.patch("tfbert.atomic.os.replace", no_space):
+    with mock.patch("tfbert.atomic.os.fsync", no_space):
         try:
             write_json(path, {"test": {"accuracy": 0.9}})
         except OSError as error:
@@ -332,6 +385,8 @@ SCENARIOS = [
     lambda space: interrupted_then_resumed(space, signal.SIGINT, "sigint"),  # Ctrl-C
     signal_in_last_validation,
     killed_while_exporting,
+    crash_after_exporting,
+    sigterm_while_tokenizing,
     nan_loss,
     corrupt_backup,
     finished_run_dir_reused,

@@ -1,5 +1,7 @@
 """Each fault-injection scenario of tests/faults.py: observed as expected, no data lost."""
 
+import json
+
 import pytest
 
 from tests import faults
@@ -12,7 +14,7 @@ def space(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "scenario", faults.SCENARIOS,
-    ids=["sigkill_resume", "sigterm_resume", "sigint_resume", "last_validation_sigterm", "export_sigkill", "nan_loss", "corrupt_backup", "finished_run_reused",
+    ids=["sigkill_resume", "sigterm_resume", "sigint_resume", "last_validation_sigterm", "export_sigkill", "crash_after_export", "tokenizing_sigterm", "nan_loss", "corrupt_backup", "finished_run_reused",
          "interrupted_best_write", "full_disk", "unwritable_run_dir"],
 )
 def test_scenario(scenario, space):
@@ -32,6 +34,34 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     assert backup._signalled == "SIGINT"
     with pytest.raises(KeyboardInterrupt):
         backup._on_signal(signal.SIGINT, None)
+
+
+def test_a_stop_outside_training_says_how_to_continue():
+    """Ctrl-C, SIGTERM (raised by the handler it installs, then restored) and either one
+    surfacing inside TensorFlow's C++ code as a SystemError end in the same one-line message;
+    any other SystemError goes on as it is."""
+    import signal
+
+    from tfbert.train import Terminated, stops_resumable
+
+    before = signal.getsignal(signal.SIGTERM)
+    continues = "; the same command continues the run in its run dir: add hydra.run.dir=/runs/a"
+    with pytest.raises(SystemExit, match=f"^tfbert: stopped on SIGTERM{continues}$"):
+        with stops_resumable("/runs/a"):
+            signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
+    with pytest.raises(SystemExit, match=f"^tfbert: interrupted{continues}$"):
+        with stops_resumable("/runs/a"):
+            raise KeyboardInterrupt
+    with pytest.raises(SystemExit, match=f"^tfbert: stopped on SIGTERM{continues}$"):
+        with stops_resumable("/runs/a"):
+            try:
+                raise Terminated
+            except Terminated:
+                raise SystemError("<built-in function save> returned a result with an exception set")
+    with pytest.raises(SystemError, match="a bug"):
+        with stops_resumable("/runs/a"):
+            raise SystemError("a bug")
 
 
 def test_a_run_dir_is_checked_for_other_runs(tmp_path):
@@ -148,6 +178,34 @@ def test_a_run_resumes_only_with_the_settings_it_started_with(snippets_file, tmp
     with pytest.raises(RunDirInUse, match=r"other settings: optimizer.learning_rate \(5e-05 then, 0.01 now\)\. Rerun"):
         run(changed)
     assert (tmp_path / "config.yaml").read_text() == saved
+
+
+def test_a_run_resumes_only_on_the_data_it_started_with(tmp_path):
+    """A backup's place in the data (epoch, batch) means nothing in other data: a rerun on a
+    data file that grew, or whose sentences changed, is refused, naming what differs, before
+    the first run's task.json is replaced."""
+    import tensorflow as tf
+
+    from tests.conftest import compose_config, write_snippets
+    from tfbert.run_dir import RunDirInUse
+    from hydra.utils import instantiate
+
+    from tfbert.train import run
+
+    data_file = write_snippets(tmp_path / "snippets.txt", rows=120)
+    cfg = compose_config("model=tiny", f"task.data_file={data_file}", f"run_dir={tmp_path / 'run'}")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "task.json").write_text(json.dumps(instantiate(cfg.task).summary()))
+    started = (tmp_path / "run" / "task.json").read_text()
+    tf.train.CheckpointManager(tf.train.Checkpoint(step=tf.Variable(1)), str(tmp_path / "run" / "backup" / "chief"), 1).save()
+    write_snippets(data_file, rows=200)
+    with pytest.raises(RunDirInUse, match=r"holds an unfinished run on other data: sizes \({'train': 96, "
+                                          r"'validation': 12, 'test': 12} then, {'train': 160, .*the content of the train split"):
+        run(cfg)
+    write_snippets(data_file, rows=120, seed=1)  # as many rows, other sentences
+    with pytest.raises(RunDirInUse, match=r"on other data: the content of the train split; the content of the validation"):
+        run(cfg)
+    assert (tmp_path / "run" / "task.json").read_text() == started
 
 
 def test_hydra_refuses_a_run_dir_in_use_before_recording_the_launch(snippets_file, tmp_path):

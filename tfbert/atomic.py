@@ -9,6 +9,7 @@ from pathlib import Path
 def atomic_file(path: Path, newline: str | None = None):
     """A text file (UTF-8) to write that replaces `path` once the block ends without error;
     on any error, or an interrupt, `path` keeps what it held and the partial file is removed.
+    An OSError writing it (a full disk, no permission) names `path`.
     """
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # same directory: the rename is atomic
@@ -18,6 +19,9 @@ def atomic_file(path: Path, newline: str | None = None):
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
+    except OSError as error:  # a write's own error names no file, an open's the partial one
+        partial.unlink(missing_ok=True)
+        raise OSError(error.errno, f"cannot write {path}: {error.strerror}") from error
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

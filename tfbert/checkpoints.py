@@ -10,6 +10,9 @@ backup:  backup/ (tf_keras BackupAndRestore): model, optimizer (and so the learn
          never written from a non-finite loss; kept after training, until the run's outputs
          are written (remove_backup): a run stopped while it evaluates or exports resumes
          with its training done. So a best.json with no backup beside it is a finished run's.
+         Before the export, backup/export.json records where it goes (record_export): a
+         run stopped between its export and the backup's removal is finished on rerun
+         (finished_export), not exported twice.
 """
 
 import json
@@ -27,6 +30,7 @@ from tfbert.atomic import atomic_file
 from tfbert.objectives import BestEpoch
 
 log = logging.getLogger(__name__)
+EXPORT_RECORD = "export.json"  # in the backup dir: where the run's export goes (record_export)
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -234,6 +238,26 @@ def remove_backup(backup_dir: Path) -> None:
     """Remove a run's backup once its outputs are written: from then on, its best.json
     without a backup marks the run as finished."""
     shutil.rmtree(backup_dir, ignore_errors=True)
+
+
+def record_export(backup_dir: Path, run_dir: Path, directory: Path) -> None:
+    """Note in a run's backup the version directory its export is about to be written to
+    (relative to `run_dir` where it is inside it: a run dir may move)."""
+    directory = Path(directory)
+    if directory.is_relative_to(run_dir):
+        directory = directory.relative_to(run_dir)
+    write_json(Path(backup_dir) / EXPORT_RECORD, {"export": str(directory)})
+
+
+def finished_export(backup_dir: Path, run_dir: Path) -> Path | None:
+    """The export a run had written when it stopped before removing its backup, or None
+    (no export recorded, or its version directory not there: the export did not finish,
+    as the directory appears whole, by a rename, when it does)."""
+    record = Path(backup_dir) / EXPORT_RECORD
+    if not record.is_file():
+        return None
+    directory = Path(run_dir) / json.loads(record.read_text())["export"]  # an absolute path stays as it is
+    return directory if directory.is_dir() else None
 
 
 def latest_backup(backup_dir: Path) -> str | None:

@@ -187,9 +187,10 @@ class Exporter:
             )
         return directory
 
-    def __call__(self, module: ServingModule, card: ModelCard, run_dir: Path) -> Path:
-        """Save `module` with `card` as model_card.md beside it; returns the version directory."""
-        directory = self.version_dir(run_dir, card.task)
+    def __call__(self, module: ServingModule, card: ModelCard, run_dir: Path, directory: Path | None = None) -> Path:
+        """Save `module` with `card` as model_card.md beside it, in `directory` (default:
+        version_dir, the next free version); returns the version directory."""
+        directory = Path(directory or self.version_dir(run_dir, card.task))
         model_dir = directory.parent
         model_dir.mkdir(parents=True, exist_ok=True)
         for stale in model_dir.glob(f".{directory.name}-*"):  # an attempt at this version killed midway
@@ -212,8 +213,10 @@ def export_classifier(
     run_dir: Path,
     exporter: Exporter | None = None,
     metrics: dict | None = None,
+    directory: Path | None = None,
 ) -> Path:
-    """Export a trained classifier of `task`, tokenizing as backbone `backbone_name` does.
+    """Export a trained classifier of `task`, tokenizing as backbone `backbone_name` does,
+    into `directory` (default: the exporter's next version directory).
 
     Returns the version directory, e.g. `<run_dir>/export/sentiment/1`.
     """
@@ -224,7 +227,7 @@ def export_classifier(
         model, tokenizer, task.label_names, text_columns, task.problem_type, task.threshold, exporter.branches
     )
     card = ModelCard.describe(model, task, backbone_name, metrics, exporter.branches)
-    return exporter(module, card, run_dir)
+    return exporter(module, card, run_dir, directory)
 
 
 def float32_classifier(cfg: DictConfig, task: TaskData | TaskSpec) -> tf_keras.Model:

@@ -8,8 +8,9 @@ A head reads a dict of encoder outputs:
                        encoder layer's output; only for heads whose `reads` name it
 pools it to one vector per example (`pool`), then applies dropout, an optional MLP
 (`hidden_units`, each layer followed by dropout) and the output layer. Each head is a
-registered tf_keras layer, so a model holding it saves, loads and round-trips through
-get_config/from_config.
+registered tf_keras layer: it round-trips through get_config/from_config, and a Keras
+model of heads saves and loads whole. (A classifier, whose transformers backbone Keras
+cannot rebuild that way, is kept as checkpoints and exported as a SavedModel.)
 """
 
 import tensorflow as tf

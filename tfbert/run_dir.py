@@ -7,6 +7,7 @@ does the same check for Hydra before Hydra records the launch in the dir's .hydr
 """
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -68,6 +69,27 @@ def check_resumed_settings(started: DictConfig, now: DictConfig, backup_dir: Pat
         raise RunDirInUse(
             f"{backup_dir} holds an unfinished run with other settings: {'; '.join(changed)}. Rerun with the "
             "settings it started with to resume it, or train in another run dir (hydra.run.dir=..., or run_dir=... where the command sets it)"
+        )
+
+
+def check_resumed_data(task_file: Path, backup_dir: Path, summary: dict) -> None:
+    """RunDirInUse unless a run resuming from `backup_dir` reads the data it started with:
+    its task.json (`task_file`), which this run's task `summary` would replace, and the
+    summary agree (sizes, labels, the splits' content hashes); the backup's place in the
+    data (epoch, batch) would fall elsewhere in other data."""
+    if not latest_backup(backup_dir) or not Path(task_file).is_file():
+        return
+    started = json.loads(Path(task_file).read_text())
+    now = json.loads(json.dumps(summary))  # as task.json holds it (class ids as strings)
+    changed = [f"{key} ({started[key]!r} then, {now[key]!r} now)"
+               for key in now if key in started and key != "fingerprints" and started[key] != now[key]]
+    hashes = started.get("fingerprints", {})
+    changed += [f"the content of the {split} split" for split, fingerprint in now["fingerprints"].items()
+                if split in hashes and hashes[split] != fingerprint]
+    if changed:
+        raise RunDirInUse(
+            f"{backup_dir} holds an unfinished run on other data: {'; '.join(changed)}. Give it the data it "
+            "started with to resume it, or train in another run dir (hydra.run.dir=..., or run_dir=... where the command sets it)"
         )
 
 

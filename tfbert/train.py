@@ -1,7 +1,9 @@
 """run(cfg): one fine-tuning run, from task data to metrics.json and a SavedModel."""
 
 import contextlib
+import json
 import logging
+import signal
 import traceback
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from tfbert.backbone import check_max_length
 from tfbert.callbacks import flat_hparams
 from tfbert.checks import ConfigError, check_seed, config_group
-from tfbert.checkpoints import remove_backup, write_json
+from tfbert.checkpoints import finished_export, record_export, remove_backup, write_json
 from tfbert.classifier import build_classifier
 from tfbert.distribute import build_strategy, check_global_batch, is_chief, worker_dir
 from tfbert.evaluation import evaluate
@@ -23,7 +25,7 @@ from tfbert.features import feature_extraction
 from tfbert.pipeline import batch_stats
 from tfbert.preprocessing import InGraphTokenizer, Preprocessor, load_tokenizer
 from tfbert.report import run_summary
-from tfbert.run_dir import check_run_dir
+from tfbert.run_dir import check_resumed_data, check_run_dir
 from tfbert.tasks import TaskData
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,36 @@ def failures_logged():
     except BaseException:
         write_to_log_files(traceback.format_exc().rstrip())
         raise
+
+
+class Terminated(Exception):
+    """SIGTERM arrived while the run was not training (training saves a backup and stops on it)."""
+
+
+@contextlib.contextmanager
+def stops_resumable(run_dir: str):
+    """A Ctrl-C or SIGTERM outside training (which saves a backup and stops itself) ends the
+    run with a one-line message that says how to continue it: the run dir's backup, if
+    any, holds everything done so far."""
+
+    def terminated(signum, frame):
+        raise Terminated
+
+    def message(stop: BaseException) -> str:
+        stopped = "interrupted" if isinstance(stop, KeyboardInterrupt) else "stopped on SIGTERM"
+        return f"tfbert: {stopped}; the same command continues the run in its run dir: add hydra.run.dir={run_dir}"
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated) as stop:
+        raise SystemExit(message(stop)) from None
+    except SystemError as error:  # the stop, raised inside TensorFlow's C++ code (a SavedModel's tracing)
+        if not isinstance(error.__context__, (KeyboardInterrupt, Terminated)):
+            raise
+        raise SystemExit(message(error.__context__)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_to_log_files(message: str) -> None:
@@ -90,6 +122,12 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
     """The body of run(): this process writes to `run_dir`; the model lives in `strategy`'s scope."""
     backup_dir = Path(cfg.run_dir) / "backup"  # shared by all workers, to resume them together
     check_run_dir(run_dir, backup_dir, trainer.resume, cfg)  # before this run writes anything there
+    # Stopped after its export, before removing its backup: finished. Every worker returns here.
+    if exported := finished_export(backup_dir, Path(cfg.run_dir)):
+        log.info("the run had finished, its export in %s, when it stopped; removing its backup", exported)
+        if is_chief(strategy):
+            remove_backup(backup_dir)
+        return json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
     # What `python -m tfbert.export run_dir=...` rebuilds the model from.
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     tf_keras.utils.set_random_seed(cfg.seed)
@@ -99,8 +137,10 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
     # Its variables are made when the classifier calls it, in the strategy's scope; built
     # here, a bad head setting fails before tokenization.
     head = build(cfg, "head", num_outputs=task.num_outputs)
-    log.info("task %s (%s): %s", task.name, task.problem_type, task.summary()["sizes"])
-    write_json(run_dir / "task.json", task.summary())
+    summary = task.summary()
+    log.info("task %s (%s): %s", task.name, task.problem_type, summary["sizes"])
+    check_resumed_data(run_dir / "task.json", backup_dir, summary)  # before it is replaced
+    write_json(run_dir / "task.json", summary)
     with config_group("model", cfg.model):  # a model that is not there: named before tokenizing
         preprocessor = Preprocessor(load_tokenizer(cfg.model.name_or_path), task.max_length)
         InGraphTokenizer.check_reproducible(preprocessor.tokenizer)  # the export's, before training
@@ -178,7 +218,10 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
         trained, model = model, float32_classifier(cfg, task)
         for layer, trained_layer in zip(model.layers, trained.layers):  # not the model's gradient accumulators
             layer.set_weights(trained_layer.get_weights())
-    export = export_classifier(model, task, cfg.model.name_or_path, run_dir, exporter, metrics)
+    export_dir = exporter.version_dir(run_dir, task.name)
+    if is_chief(strategy):  # so that a stop before the backup's removal does not export it again
+        record_export(backup_dir, run_dir, export_dir)
+    export = export_classifier(model, task, cfg.model.name_or_path, run_dir, exporter, metrics, export_dir)
     if not is_chief(strategy):  # its outputs went to a temporary dir, deleted on return
         log.info("done; this worker keeps no outputs: the chief's run dir %s holds the run's", cfg.run_dir)
         return metrics

@@ -329,11 +329,12 @@ class Trainer:
             )
         if nan_guard.stopped_at is not None:
             epoch, step = nan_guard.stopped_at
+            best = run_dir / "checkpoints" / "best.json"
             raise NonFiniteLoss(
-                f"the loss became NaN/inf at epoch {epoch}, step {step}; nothing was saved from it. "
-                f"Last good backup: {backup_dir}; best checkpoint so far: "
-                f"{(run_dir / 'checkpoints' / 'best.json') if (run_dir / 'checkpoints' / 'best.json').exists() else 'none'}. "
-                "Try a lower optimizer.learning_rate."
+                f"the loss became NaN/inf at epoch {epoch}, step {step}; nothing was saved from it "
+                f"(last good backup: {backup_dir}; best checkpoint so far: {best if best.exists() else 'none'}). "
+                "Train again with a lower optimizer.learning_rate in another run dir (hydra.run.dir=...): "
+                "this one's backup resumes only the settings it started with"
             )
         if early_stopping.stopped_epoch:
             log.info(

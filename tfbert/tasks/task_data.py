@@ -158,6 +158,8 @@ class TaskData:
             "class_weights": self.class_weights(),
             "sizes": {split: len(self.splits[split]) for split in SPLITS},
             "provenance": self.provenance,
+            # datasets' hashes of each split's content: a resumed run checks it has the same data
+            "fingerprints": {split: self.splits[split]._fingerprint for split in SPLITS},
         }
 
 
