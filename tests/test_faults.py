@@ -1,6 +1,7 @@
 """Each fault-injection scenario of tests/faults.py: observed as expected, no data lost."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,12 @@ def test_a_stop_outside_training_says_how_to_continue():
     with pytest.raises(SystemError, match="a bug"):
         with stops_resumable("/runs/a"):
             raise SystemError("a bug")
+    with pytest.raises(SystemExit, match=f"^tfbert: stopped on SIGTERM{continues}$"):
+        with stops_resumable("/runs/a"):
+            try:  # as a loader reports what failed: a SIGTERM is no failure to report
+                signal.raise_signal(signal.SIGTERM)
+            except Exception:
+                pass
 
 
 def test_a_run_dir_is_checked_for_other_runs(tmp_path):
@@ -185,11 +192,10 @@ def test_a_run_resumes_only_on_the_data_it_started_with(tmp_path):
     data file that grew, or whose sentences changed, is refused, naming what differs, before
     the first run's task.json is replaced."""
     import tensorflow as tf
-
-    from tests.conftest import compose_config, write_snippets
-    from tfbert.run_dir import RunDirInUse
     from hydra.utils import instantiate
 
+    from tests.conftest import compose_config, write_snippets
+    from tfbert.run_dir import RunDirInUse, check_resumed_data
     from tfbert.train import run
 
     data_file = write_snippets(tmp_path / "snippets.txt", rows=120)
@@ -206,6 +212,37 @@ def test_a_run_resumes_only_on_the_data_it_started_with(tmp_path):
     with pytest.raises(RunDirInUse, match=r"on other data: the content of the train split; the content of the validation"):
         run(cfg)
     assert (tmp_path / "run" / "task.json").read_text() == started
+    # The same data read from elsewhere (another machine's cache dir) resumes.
+    moved = {**json.loads(started), "provenance": {"corpus": "/elsewhere/snippets.txt"}}
+    check_resumed_data(tmp_path / "run" / "task.json", tmp_path / "run" / "backup", moved)
+
+
+def test_a_recorded_export_is_found_only_where_this_run_wrote_it(tmp_path, monkeypatch):
+    """finished_export finds the export record_export noted, with the id it holds: inside a
+    run dir that moved since, or in an export_dir given relative to the working dir; not
+    another run's export at that path, nor one that never finished."""
+    from tfbert.checkpoints import EXPORT_ID, finished_export, record_export
+
+    def export(directory, export_id):
+        directory.mkdir(parents=True)
+        (directory / EXPORT_ID).write_text(export_id)
+
+    run_dir, backup = tmp_path / "run", tmp_path / "run" / "backup"
+    backup.mkdir(parents=True)
+    export(run_dir / "export" / "sentiment" / "1", record_export(backup, run_dir, run_dir / "export" / "sentiment" / "1"))
+    (tmp_path / "run").rename(tmp_path / "moved")
+    assert finished_export(tmp_path / "moved" / "backup", tmp_path / "moved") == tmp_path / "moved" / "export" / "sentiment" / "1"
+
+    monkeypatch.chdir(tmp_path)
+    backup = tmp_path / "moved" / "backup"
+    served = Path("serving") / "sentiment" / "1"  # export.export_dir=serving
+    export_id = record_export(backup, tmp_path / "moved", served)
+    assert finished_export(backup, tmp_path / "moved") is None  # not written yet
+    export(served, "another run's id")
+    assert finished_export(backup, tmp_path / "moved") is None
+    (served / EXPORT_ID).write_text(export_id)
+    monkeypatch.chdir(tmp_path / "moved")  # the record holds the absolute path
+    assert finished_export(backup, tmp_path / "moved") == tmp_path / "serving" / "sentiment" / "1"
 
 
 def test_hydra_refuses_a_run_dir_in_use_before_recording_the_launch(snippets_file, tmp_path):

@@ -10,9 +10,9 @@ backup:  backup/ (tf_keras BackupAndRestore): model, optimizer (and so the learn
          never written from a non-finite loss; kept after training, until the run's outputs
          are written (remove_backup): a run stopped while it evaluates or exports resumes
          with its training done. So a best.json with no backup beside it is a finished run's.
-         Before the export, backup/export.json records where it goes (record_export): a
-         run stopped between its export and the backup's removal is finished on rerun
-         (finished_export), not exported twice.
+         Before the export, backup/export.json records where it goes and an id the export
+         will hold (record_export): a run stopped between its export and the backup's
+         removal is finished on rerun (finished_export), not exported twice.
 """
 
 import json
@@ -21,6 +21,7 @@ import math
 import shutil
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import tensorflow as tf
@@ -31,6 +32,7 @@ from tfbert.objectives import BestEpoch
 
 log = logging.getLogger(__name__)
 EXPORT_RECORD = "export.json"  # in the backup dir: where the run's export goes (record_export)
+EXPORT_ID = ".tfbert-export-id"  # in an export: the id its run recorded (finished_export)
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -240,24 +242,29 @@ def remove_backup(backup_dir: Path) -> None:
     shutil.rmtree(backup_dir, ignore_errors=True)
 
 
-def record_export(backup_dir: Path, run_dir: Path, directory: Path) -> None:
+def record_export(backup_dir: Path, run_dir: Path, directory: Path) -> str:
     """Note in a run's backup the version directory its export is about to be written to
-    (relative to `run_dir` where it is inside it: a run dir may move)."""
-    directory = Path(directory)
+    (relative to `run_dir` where it is inside it: a run dir may move); returns the id that
+    export is to hold in its EXPORT_ID file, which tells it from another run's export there."""
+    directory, run_dir = Path(directory).absolute(), Path(run_dir).absolute()
     if directory.is_relative_to(run_dir):
         directory = directory.relative_to(run_dir)
-    write_json(Path(backup_dir) / EXPORT_RECORD, {"export": str(directory)})
+    export_id = uuid.uuid4().hex
+    write_json(Path(backup_dir) / EXPORT_RECORD, {"export": str(directory), "id": export_id})
+    return export_id
 
 
 def finished_export(backup_dir: Path, run_dir: Path) -> Path | None:
     """The export a run had written when it stopped before removing its backup, or None
-    (no export recorded, or its version directory not there: the export did not finish,
-    as the directory appears whole, by a rename, when it does)."""
+    (no export recorded, or its version directory not there, or another's: the export did
+    not finish, as the directory appears whole, by a rename, when it does)."""
     record = Path(backup_dir) / EXPORT_RECORD
     if not record.is_file():
         return None
-    directory = Path(run_dir) / json.loads(record.read_text())["export"]  # an absolute path stays as it is
-    return directory if directory.is_dir() else None
+    recorded = json.loads(record.read_text())
+    directory = Path(run_dir) / recorded["export"]  # an absolute path stays as it is
+    stamp = directory / EXPORT_ID
+    return directory if stamp.is_file() and stamp.read_text() == recorded["id"] else None
 
 
 def latest_backup(backup_dir: Path) -> str | None:

@@ -161,6 +161,11 @@ def tpu_strategy(tpu: str | None) -> tf.distribute.TPUStrategy:
     return tf.distribute.TPUStrategy(resolver)
 
 
+def all_workers_here(strategy: tf.distribute.Strategy) -> None:
+    """Return once every worker of `strategy` has called this (a tiny all-reduce across them)."""
+    strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
 def check_global_batch(batch_size: int, strategy: tf.distribute.Strategy) -> int:
     """The per-replica batch of a global `batch_size`; ValueError unless the replicas share it evenly."""
     replicas = strategy.num_replicas_in_sync

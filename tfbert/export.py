@@ -2,7 +2,7 @@
 
 Layout (what TF Serving's --model_base_path expects):
 
-    <export_dir>/<name>/<version>/saved_model.pb, variables/, model_card.md
+    <export_dir>/<name>/<version>/saved_model.pb, variables/, model_card.md (.tfbert-export-id from a run)
 
 Each version is written to a hidden temporary sibling and renamed into place, so a
 server never sees half an export; an existing version is never overwritten. Serving
@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from tfbert.checkpoints import best_checkpoint
 from tfbert.checks import config_group, is_whole_number
 from tfbert.classifier import INPUT_NAMES, build_classifier, classifier_parts
+from tfbert.checkpoints import EXPORT_ID
 from tfbert.model_card import ModelCard
 from tfbert.packed import branch_weights, check_branches, packed_encoder_features
 from tfbert.preprocessing import TEXT_COLUMNS, InGraphTokenizer, load_tokenizer
@@ -187,9 +188,13 @@ class Exporter:
             )
         return directory
 
-    def __call__(self, module: ServingModule, card: ModelCard, run_dir: Path, directory: Path | None = None) -> Path:
+    def __call__(
+        self, module: ServingModule, card: ModelCard, run_dir: Path, directory: Path | None = None,
+        export_id: str | None = None,
+    ) -> Path:
         """Save `module` with `card` as model_card.md beside it, in `directory` (default:
-        version_dir, the next free version); returns the version directory."""
+        version_dir, the next free version), with `export_id` in its EXPORT_ID file if
+        given (tfbert.checkpoints.record_export); returns the version directory."""
         directory = Path(directory or self.version_dir(run_dir, card.task))
         model_dir = directory.parent
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -199,6 +204,8 @@ class Exporter:
         try:
             tf.saved_model.save(module, str(staging), signatures=module.signatures())
             (staging / "model_card.md").write_text(card.render(tf.saved_model.load(str(staging)), model_dir.name))
+            if export_id is not None:
+                (staging / EXPORT_ID).write_text(export_id)
             staging.rename(directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -214,9 +221,11 @@ def export_classifier(
     exporter: Exporter | None = None,
     metrics: dict | None = None,
     directory: Path | None = None,
+    export_id: str | None = None,
 ) -> Path:
     """Export a trained classifier of `task`, tokenizing as backbone `backbone_name` does,
-    into `directory` (default: the exporter's next version directory).
+    into `directory` (default: the exporter's next version directory), holding `export_id`
+    if given (see Exporter).
 
     Returns the version directory, e.g. `<run_dir>/export/sentiment/1`.
     """
@@ -227,7 +236,7 @@ def export_classifier(
         model, tokenizer, task.label_names, text_columns, task.problem_type, task.threshold, exporter.branches
     )
     card = ModelCard.describe(model, task, backbone_name, metrics, exporter.branches)
-    return exporter(module, card, run_dir, directory)
+    return exporter(module, card, run_dir, directory, export_id)
 
 
 def float32_classifier(cfg: DictConfig, task: TaskData | TaskSpec) -> tf_keras.Model:

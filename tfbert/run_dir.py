@@ -75,14 +75,16 @@ def check_resumed_settings(started: DictConfig, now: DictConfig, backup_dir: Pat
 def check_resumed_data(task_file: Path, backup_dir: Path, summary: dict) -> None:
     """RunDirInUse unless a run resuming from `backup_dir` reads the data it started with:
     its task.json (`task_file`), which this run's task `summary` would replace, and the
-    summary agree (sizes, labels, the splits' content hashes); the backup's place in the
+    summary agree (sizes, labels, the splits' content hashes; not where the data was read
+    from, the settings' concern: a cache path may differ); the backup's place in the
     data (epoch, batch) would fall elsewhere in other data."""
     if not latest_backup(backup_dir) or not Path(task_file).is_file():
         return
     started = json.loads(Path(task_file).read_text())
     now = json.loads(json.dumps(summary))  # as task.json holds it (class ids as strings)
-    changed = [f"{key} ({started[key]!r} then, {now[key]!r} now)"
-               for key in now if key in started and key != "fingerprints" and started[key] != now[key]]
+    # Not provenance: its paths (a cache dir on another machine) may differ for the same data.
+    changed = [f"{key} ({started[key]!r} then, {now[key]!r} now)" for key in now
+               if key in started and key not in ("fingerprints", "provenance") and started[key] != now[key]]
     hashes = started.get("fingerprints", {})
     changed += [f"the content of the {split} split" for split, fingerprint in now["fingerprints"].items()
                 if split in hashes and hashes[split] != fingerprint]

@@ -17,7 +17,7 @@ from tfbert.callbacks import flat_hparams
 from tfbert.checks import ConfigError, check_seed, config_group
 from tfbert.checkpoints import finished_export, record_export, remove_backup, write_json
 from tfbert.classifier import build_classifier
-from tfbert.distribute import build_strategy, check_global_batch, is_chief, worker_dir
+from tfbert.distribute import all_workers_here, build_strategy, check_global_batch, is_chief, worker_dir
 from tfbert.evaluation import evaluate
 from tfbert.objectives import loss_and_metrics
 from tfbert.export import export_classifier, float32_classifier
@@ -46,7 +46,7 @@ def failures_logged():
         raise
 
 
-class Terminated(Exception):
+class Terminated(BaseException):  # as KeyboardInterrupt: no `except Exception` takes it
     """SIGTERM arrived while the run was not training (training saves a backup and stops on it)."""
 
 
@@ -122,9 +122,11 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
     """The body of run(): this process writes to `run_dir`; the model lives in `strategy`'s scope."""
     backup_dir = Path(cfg.run_dir) / "backup"  # shared by all workers, to resume them together
     check_run_dir(run_dir, backup_dir, trainer.resume, cfg)  # before this run writes anything there
-    # Stopped after its export, before removing its backup: finished. Every worker returns here.
+    # Stopped after its export, before removing its backup: finished. Every worker returns
+    # here, the chief removing the backup once all of them have read it.
     if exported := finished_export(backup_dir, Path(cfg.run_dir)):
-        log.info("the run had finished, its export in %s, when it stopped; removing its backup", exported)
+        log.info("the run had finished, its export in %s, when it stopped", exported)
+        all_workers_here(strategy)
         if is_chief(strategy):
             remove_backup(backup_dir)
         return json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
@@ -219,9 +221,9 @@ def train_evaluate_export(cfg: DictConfig, trainer, pipeline, strategy: tf.distr
         for layer, trained_layer in zip(model.layers, trained.layers):  # not the model's gradient accumulators
             layer.set_weights(trained_layer.get_weights())
     export_dir = exporter.version_dir(run_dir, task.name)
-    if is_chief(strategy):  # so that a stop before the backup's removal does not export it again
-        record_export(backup_dir, run_dir, export_dir)
-    export = export_classifier(model, task, cfg.model.name_or_path, run_dir, exporter, metrics, export_dir)
+    # So that a stop before the backup's removal does not export the run again.
+    export_id = record_export(backup_dir, run_dir, export_dir) if is_chief(strategy) else None
+    export = export_classifier(model, task, cfg.model.name_or_path, run_dir, exporter, metrics, export_dir, export_id)
     if not is_chief(strategy):  # its outputs went to a temporary dir, deleted on return
         log.info("done; this worker keeps no outputs: the chief's run dir %s holds the run's", cfg.run_dir)
         return metrics
