@@ -11,14 +11,14 @@ def main(cfg: DictConfig) -> float:
     from tfbert.checks import ConfigError
     from tfbert.run_dir import RunDirInUse
     from tfbert.evaluation import sweep_objective
-    from tfbert.train import failures_logged, run, stops_resumable
+    from tfbert.train import failures_logged, run, run_failed, stops_resumable
     from tfbert.trainer import NonFiniteLoss
 
     with failures_logged(), stops_resumable(cfg.run_dir):  # failures into train.log as well
         try:
             return sweep_objective(run(cfg)["validation"])
         except (ConfigError, RunDirInUse, NonFiniteLoss) as error:  # the message says what to do: no traceback
-            raise SystemExit(f"tfbert: {error}") from None
+            raise run_failed(f"tfbert: {error}") from None  # in a sweep, the other jobs still run
 
 
 if __name__ == "__main__":

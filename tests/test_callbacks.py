@@ -94,6 +94,10 @@ def test_projector_has_labelled_pooled_features(insight_run):
     assert rows[0] == "text\tlabel\tpredicted" and len(rows) == 1 + 10
     features = tf.train.load_variable(tf.train.latest_checkpoint(str(projector)), "embedding/.ATTRIBUTES/VARIABLE_VALUE")
     assert features.shape == (10, 32)  # (examples, hidden): the mean head pools hidden states
+    # a run TensorBoard lists (it holds an event file), as its projector reads no other dir
+    from tensorboard.backend.event_processing import io_wrapper
+
+    assert str(projector) in io_wrapper.GetLogdirSubdirectories(str(run_dir / "tensorboard"))
 
 
 @pytest.mark.parametrize("progress", [True, False])

@@ -287,6 +287,32 @@ def test_hydra_refuses_a_run_dir_in_use_before_recording_the_launch(snippets_fil
         launch("trainer.resume=never")
 
 
+def test_an_epoch_cut_short_logs_no_epoch_scalars(tmp_path):
+    """The resumed run logs the epoch a stop cut short; logged twice, TensorBoard would show both."""
+    import numpy as np
+    import tf_keras
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tfbert.trainer import EpochTensorBoard
+
+    def epoch_losses_logged():
+        events = EventAccumulator(str(tmp_path / "train"), size_guidance={"tensors": 0})
+        events.Reload()
+        return len(events.Tensors("epoch_loss")) if "epoch_loss" in events.Tags()["tensors"] else 0
+
+    class StopInSecondStep(tf_keras.callbacks.Callback):  # as Backup on SIGTERM
+        def on_train_batch_end(self, batch, logs=None):
+            self.model.stop_training = batch == 1
+
+    model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(2,))])
+    model.compile("sgd", "mse")
+    data = (np.ones((8, 2)), np.ones(8))
+    model.fit(*data, batch_size=2, callbacks=[StopInSecondStep(), EpochTensorBoard(str(tmp_path))], verbose=0)
+    assert epoch_losses_logged() == 0
+    model.fit(*data, batch_size=2, callbacks=[EpochTensorBoard(str(tmp_path))], verbose=0)
+    assert epoch_losses_logged() == 1
+
+
 def test_an_epoch_cut_short_is_not_checkpointed(tmp_path):
     """SIGTERM in epoch 1: the run stops with a backup, and the best checkpoint does not take the
     half-trained weights for the epoch's, whatever a validation logs (the rerun finishes it)."""

@@ -392,6 +392,8 @@ class ValidationInsights(tf_keras.callbacks.Callback):
         embedding.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
         embedding.metadata_path = "metadata.tsv"
         projector.visualize_embeddings(str(self.projector_dir), config)
+        # TensorBoard's projector reads only the dirs it lists as runs: those with an event file.
+        tf.summary.create_file_writer(str(self.projector_dir)).close()
 
 
 def markdown_cell(text: str) -> str:

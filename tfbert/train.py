@@ -9,6 +9,8 @@ from pathlib import Path
 
 import tensorflow as tf
 import tf_keras
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,6 +46,19 @@ def failures_logged():
     except BaseException:
         write_to_log_files(traceback.format_exc().rstrip())
         raise
+
+
+class JobFailed(RuntimeError):
+    """What ends a sweep's job that a single run would end with a one-line message (a
+    ConfigError, a NaN loss): an exception, which Hydra records against the job before it
+    goes on with the sweep (a SystemExit would end the whole sweep)."""
+
+
+def run_failed(message: str) -> BaseException:
+    """The exception that ends a run with `message`: SystemExit (the line alone) for a
+    single run, JobFailed for a job of a sweep (`python train.py -m ...`)."""
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return JobFailed(message) if in_sweep else SystemExit(message)
 
 
 class Terminated(BaseException):  # as KeyboardInterrupt: no `except Exception` takes it

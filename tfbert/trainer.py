@@ -70,6 +70,16 @@ class ResumableEarlyStopping(tf_keras.callbacks.EarlyStopping):
             super().on_epoch_end(epoch, logs)
 
 
+class EpochTensorBoard(tf_keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback without epoch scalars for an epoch cut short (SIGTERM,
+    Ctrl-C, a NaN loss): the resumed run logs that epoch, and TensorBoard would show both.
+    It must come before a callback that stops training at an epoch's end (EarlyStopping)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.model.stop_training:
+            super().on_epoch_end(epoch, logs)
+
+
 def resolve_parallel_slices(parallel_slices: int | str, strategy: str, jit_compile: bool) -> int:
     """The number of slices `parallel_slices` (a positive int or `auto`) means here (see Trainer)."""
     if parallel_slices == "auto":
@@ -306,12 +316,12 @@ class Trainer:
                     nan_guard,
                     BestCheckpoint(run_dir / "checkpoints", monitor, checkpoint_model),
                     backup,  # after the best checkpoint: see tfbert.checkpoints
-                    early_stopping,
-                    tf_keras.callbacks.TensorBoard(
+                    EpochTensorBoard(
                         log_dir=str(run_dir / "tensorboard"),
                         update_freq=self.tensorboard_update_freq,
                         profile_batch=tuple(self.profile_steps) if self.profile_steps else 0,
                     ),
+                    early_stopping,
                     backup.epoch_end_stop(),
                 ],
                 class_weight=class_weight,
