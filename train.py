@@ -11,7 +11,8 @@ def main(cfg: DictConfig) -> float:
     from tfbert.checks import ConfigError
     from tfbert.run_dir import RunDirInUse
     from tfbert.evaluation import sweep_objective
-    from tfbert.train import failures_logged, run, run_failed, stops_resumable
+    from tfbert.run_exit import failures_logged, run_failed, stops_resumable
+    from tfbert.train import run
     from tfbert.trainer import NonFiniteLoss
 
     with failures_logged(), stops_resumable(cfg.run_dir):  # failures into train.log as well

@@ -43,7 +43,7 @@ def test_a_stop_outside_training_says_how_to_continue():
     any other SystemError goes on as it is."""
     import signal
 
-    from tfbert.train import Terminated, stops_resumable
+    from tfbert.run_exit import Terminated, stops_resumable
 
     before = signal.getsignal(signal.SIGTERM)
     continues = "; the same command continues the run in its run dir: add hydra.run.dir=/runs/a"

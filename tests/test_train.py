@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from tests.conftest import compose_config, scalars
 from tfbert.checks import ConfigError
-from tfbert.train import failures_logged, run
+from tfbert.run_exit import failures_logged
+from tfbert.train import run
 
 
 @pytest.fixture(scope="module")

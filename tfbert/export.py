@@ -27,10 +27,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tfbert.checkpoints import best_checkpoint
+from tfbert.checkpoints import EXPORT_ID, best_checkpoint
 from tfbert.checks import config_group, is_whole_number
 from tfbert.classifier import INPUT_NAMES, build_classifier, classifier_parts
-from tfbert.checkpoints import EXPORT_ID
 from tfbert.model_card import ModelCard
 from tfbert.packed import branch_weights, check_branches, packed_encoder_features
 from tfbert.preprocessing import TEXT_COLUMNS, InGraphTokenizer, load_tokenizer
