@@ -26,13 +26,15 @@ COMPARABLE_RUN = (
     "pipeline.bucket_boundaries=[1000]", "trainer.epochs=2", "optimizer.learning_rate=1e-3", *NO_DROPOUT_OVERRIDES,
     "insight.validation_insights=false", "insight.hparams_dashboard=false",
 )
-# In a fresh process: two logical CPU devices (possible only before TensorFlow starts), then a run.
-TWO_CPU_RUN = """
-import sys
-import tfbert
+# What a fresh process runs first to have two logical CPU devices (possible only before TensorFlow starts).
+TWO_CPUS = """
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+# Then a run.
+TWO_CPU_RUN = """
+import sys
 from tests.conftest import compose_config
 from tfbert.distribute import build_strategy
 from tfbert.train import run
@@ -40,6 +42,14 @@ run(compose_config(*sys.argv[1:]))
 print("replicas", build_strategy("mirrored").num_replicas_in_sync)
 """
 EXAMPLE_TF_CONFIG = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
+
+
+def on_two_cpus(script: str, *args: str) -> subprocess.CompletedProcess:
+    """`script` (with `args`) finished in a fresh process with two logical CPU devices."""
+    done = subprocess.run([sys.executable, "-c", TWO_CPUS + script, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def losses(run_dir) -> dict:
@@ -77,11 +87,7 @@ ACCUMULATION = pytest.mark.parametrize(
 def test_mirrored_over_two_cpus_matches_one_device(accumulation, single_device_losses, snippets_file, tmp_path):
     overrides = [*COMPARABLE_RUN, *accumulation, "trainer.strategy=mirrored", f"task.data_file={snippets_file}",
                  f"run_dir={tmp_path}"]
-    done = subprocess.run(
-        [sys.executable, "-c", TWO_CPU_RUN, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "replicas 2" in done.stdout
+    assert "replicas 2" in on_two_cpus(TWO_CPU_RUN, *overrides).stdout
     assert_same_losses(losses(tmp_path), single_device_losses)
 
 
@@ -92,11 +98,8 @@ def test_mirrored_over_two_cpus_matches_one_device(accumulation, single_device_l
 LOSS_SCALED_ACCUMULATION = """
 import sys
 import numpy as np
-import tensorflow as tf
 import tf_keras
 from tensorflow.python.distribute.mirrored_strategy import MirroredExtended
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 if sys.argv[1] == "no_merge_call":
     MirroredExtended._use_merge_call = lambda self: False
 from tests.test_speed_switches import batches, seeded_classifier, train_once
@@ -118,19 +121,14 @@ print("ok")
 
 @pytest.mark.parametrize("synchronization", ["merge_call", "no_merge_call"])
 def test_loss_scaled_accumulation_over_two_replicas_equals_the_larger_batch(synchronization):
-    done = subprocess.run([sys.executable, "-c", LOSS_SCALED_ACCUMULATION, synchronization], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+    assert on_two_cpus(LOSS_SCALED_ACCUMULATION, synchronization).stdout.strip().endswith("ok")
 
 
 # In a fresh process with two logical CPU devices posing as GPUs: the training step with XLA as
 # MirroredStrategy builds it over GPUs (each replica's step a compiled function of its own, in
 # which a merge_call is refused). Only traced: XLA on a CPU cannot compile the GPUs' all-reduce.
 XLA_OVER_GPUS_TRACE = """
-import tensorflow as tf
 import tf_keras
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tensorflow.python.distribute import mirrored_run, mirrored_strategy
 mirrored_run._is_gpu_device = mirrored_strategy._is_gpu_device = lambda device: True
 from tests.test_speed_switches import batches, seeded_classifier
@@ -146,9 +144,7 @@ print("traced")
 
 
 def test_accumulation_builds_under_xla_over_gpus():
-    done = subprocess.run([sys.executable, "-c", XLA_OVER_GPUS_TRACE], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0 and done.stdout.strip().endswith("traced"), done.stderr[-3000:]
+    assert on_two_cpus(XLA_OVER_GPUS_TRACE).stdout.strip().endswith("traced")
 
 
 def test_one_device_validated_by_insights_matches_keras_validation(single_device_losses, snippets_file, tmp_path):
